@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs everything the tests need, idempotently: a virtualenv with the package and its
+# test references (transformers, tokenizers, torch+torchvision, playwright) and Debian's
+# Chromium for the browser tests. Safe to re-run; does nothing that is already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+# torch 2.14.1 + torchvision 0.29.1: the CUDA build pair (runs on CPU); the only torchvision
+# pairing that imports on these machines (see README).
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi

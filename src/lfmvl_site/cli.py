@@ -1,0 +1,95 @@
+"""The ``lfmvl-site`` command line. Click only: each command makes one library call.
+
+Errors a user can act on (:class:`~lfmvl_site.errors.LfmvlError`) become one line
+on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from . import __version__
+from .errors import LfmvlError
+
+
+def _clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LfmvlError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lfmvl-site")
+def main() -> None:
+    """Ship LFM2.5-VL-1.6B as a static website that captions a webcam in the browser."""
+
+
+@main.command("synth-model")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", type=int, default=0, show_default=True, help="Weights are deterministic from this seed.")
+@click.option(
+    "--size",
+    type=click.Choice(["tiny", "mid", "full"]),
+    default="tiny",
+    show_default=True,
+    help="tiny: test fixture (seconds); mid: hundreds of MB; full: the real 1.6B dimensions (random weights).",
+)
+@_clean_errors
+def synth_model(out_dir: Path, seed: int, size: str) -> None:
+    """Write a synthetic model directory with the published LFM2.5-VL-1.6B-ONNX layout."""
+    from .synth import write_model
+
+    path = write_model(out_dir, seed=seed, size=size)
+    click.echo(str(path))
+
+
+@main.command()
+@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path), help="A local model directory.")
+@click.option("--model", "repo_id", help="A Hugging Face repo id, e.g. LiquidAI/LFM2.5-VL-1.6B-ONNX.")
+@click.option("--revision", help="Hub revision (branch, tag or commit) with --model.")
+@click.option("--prompt", default="Describe this image.", show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=64, show_default=True)
+@click.option("--temperature", type=click.FloatRange(0.0), default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--top-k", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--min-p", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True)
+@click.option("--repetition-penalty", type=click.FloatRange(0.0, min_open=True), default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with text, token ids and timings.")
+@_clean_errors
+def caption(image: Path, model_dir: Path | None, repo_id: str | None, revision: str | None, as_json: bool, **gen: Any) -> None:
+    """Caption IMAGE with the model, natively on onnxruntime (the same runtime the page runs)."""
+    from .caption import caption_file
+
+    caption_file(image, model_dir=model_dir, repo_id=repo_id, revision=revision, as_json=as_json, **gen)
+
+
+@main.command()
+@click.argument("directory", required=False, default="dist", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in a browser.")
+@_clean_errors
+def serve(directory: Path, host: str, port: int, open_browser: bool) -> None:
+    """Preview a built site with the headers it needs (COOP/COEP/CORP, MIME, Range)."""
+    from .serve import serve as run_server
+
+    run_server(directory, host=host, port=port, open_browser=open_browser)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

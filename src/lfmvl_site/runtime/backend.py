@@ -1,0 +1,82 @@
+"""The host interface: everything the runtime needs from onnxruntime (native or web).
+
+The runtime never imports onnxruntime or Pyodide's FFI; it talks to a
+:class:`Backend`. Calls are awaitable because onnxruntime-web returns promises.
+
+Values flow two ways through :meth:`Session.run`:
+
+* names in ``read`` come back as numpy arrays (copied to host memory);
+* names in ``keep`` come back as opaque handles that stay where the backend
+  keeps them (GPU buffers on WebGPU) and may be fed straight back as inputs,
+  e.g. the decoder's KV/conv caches. Free them with :meth:`Session.release`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+Dim = int | str | None
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One graph input or output as the backend reports it."""
+
+    name: str
+    dtype: str  # numpy dtype name: "float32", "float16", "int64", "int32"
+    shape: tuple[Dim, ...]  # ints for fixed dims, names (or None) for symbolic ones
+
+
+class Session(ABC):
+    """One loaded ONNX graph."""
+
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    @abstractmethod
+    async def run(
+        self,
+        feeds: Mapping[str, Any],
+        *,
+        read: Sequence[str],
+        keep: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """Run the graph. ``feeds`` values are numpy arrays or handles from ``keep``."""
+
+    def release(self, values: Iterable[Any]) -> None:
+        """Free handles returned through ``keep`` (no-op where memory is managed)."""
+
+    async def close(self) -> None:
+        """Free the session."""
+
+
+class Backend(ABC):
+    """Opens a model's graphs and files on one host."""
+
+    name: str = "backend"
+
+    @abstractmethod
+    async def read_text(self, relpath: str) -> str:
+        """Text of a model file, e.g. ``config.json``, relative to the model root."""
+
+    @abstractmethod
+    async def open_session(self, graph: str) -> Session:
+        """Open one graph by role: ``embed_tokens``, ``embed_images`` or ``decoder``.
+
+        Which file (precision variant, shards) serves a role is the host's
+        business: a model directory's layout or the site's manifest.
+        """
+
+    def describe(self) -> str:
+        """Plain words for the UI/CLI: which engine and device run the graphs."""
+        return self.name

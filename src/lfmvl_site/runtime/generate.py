@@ -1,0 +1,349 @@
+"""The captioning loop: frame → prompt ids → embeddings → vision rows → decoder steps.
+
+One async implementation for both hosts; all host work goes through a
+:class:`~lfmvl_site.runtime.backend.Backend`. The decoder's caches are requested
+with ``keep`` so a WebGPU host can leave them on the GPU between steps.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import Cancelled, ContractError
+from .backend import Backend, Session, TensorInfo
+from .modelconfig import TextModelConfig
+from .preprocess import ImageInputs, ProcessorConfig, preprocess
+from .prompt import build_prompt_ids
+from .sampling import Sampler, SamplingSettings
+from .tokenizer import Tokenizer
+
+# Decoder inputs that are not caches.
+_NON_CACHE_INPUTS = {"input_ids", "inputs_embeds", "attention_mask", "position_ids"}
+
+
+def _now() -> float:
+    return time.perf_counter() * 1000.0
+
+
+class CancelToken:
+    """Set ``cancelled`` (or call :meth:`cancel`) to stop a caption between steps."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def check(self) -> None:
+        if self.cancelled:
+            raise Cancelled("Caption cancelled.")
+
+
+@dataclass
+class Timings:
+    """Milliseconds spent in each stage of one caption."""
+
+    preprocess_ms: float = 0.0
+    prompt_ms: float = 0.0
+    vision_ms: float = 0.0
+    prefill_ms: float = 0.0
+    token_ms: list[float] = field(default_factory=list)
+
+    @property
+    def first_token_ms(self) -> float:
+        """Time to first token, from the frame: preprocess + prompt + vision + prefill."""
+        return self.preprocess_ms + self.prompt_ms + self.vision_ms + self.prefill_ms
+
+    def as_dict(self) -> dict[str, Any]:
+        decode = self.token_ms[1:]  # token 0 comes out of the prefill
+        return {
+            "preprocess_ms": round(self.preprocess_ms, 3),
+            "prompt_ms": round(self.prompt_ms, 3),
+            "vision_ms": round(self.vision_ms, 3),
+            "prefill_ms": round(self.prefill_ms, 3),
+            "first_token_ms": round(self.first_token_ms, 3),
+            "token_ms": [round(t, 3) for t in self.token_ms],
+            "tokens_per_s": round(1000.0 * len(decode) / sum(decode), 2) if decode and sum(decode) > 0 else None,
+        }
+
+
+@dataclass
+class CaptionResult:
+    text: str
+    token_ids: list[int]
+    prompt_ids: list[int]
+    stop_reason: str  # "eos" or "length"
+    timings: Timings
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "token_ids": self.token_ids,
+            "prompt_tokens": len(self.prompt_ids),
+            "stop_reason": self.stop_reason,
+            "timings": self.timings.as_dict(),
+        }
+
+
+TokenCallback = Callable[[int, str], Any]
+
+
+def _cache_name_map(decoder: Session) -> dict[str, str]:
+    """Map each decoder cache input (past_*) to the output that carries it forward (present*)."""
+    outputs = set(decoder.output_names)
+    mapping: dict[str, str] = {}
+    for name in decoder.input_names:
+        if name in _NON_CACHE_INPUTS:
+            continue
+        if name.startswith("past_key_values."):
+            present = "present." + name[len("past_key_values."):]
+        elif name.startswith("past_"):
+            present = "present_" + name[len("past_"):]
+        else:
+            raise ContractError(f"decoder: unexpected input {name!r}; expected inputs_embeds, attention_mask and past_* caches.")
+        if present not in outputs:
+            raise ContractError(f"decoder: cache input {name!r} has no matching output {present!r}.")
+        mapping[name] = present
+    return mapping
+
+
+def _empty_cache(info: TensorInfo) -> np.ndarray:
+    """Initial cache: symbolic dims → 1, dims whose name mentions 'sequence' → 0 (empty past)."""
+    shape = []
+    for dim in info.shape:
+        if isinstance(dim, int) and dim >= 0:
+            shape.append(dim)
+        elif isinstance(dim, str) and "sequence" in dim:
+            shape.append(0)
+        else:
+            shape.append(1)
+    return np.zeros(shape, dtype=np.dtype(info.dtype))
+
+
+def _require(session: Session, graph: str, inputs: Sequence[str]) -> None:
+    missing = [n for n in inputs if n not in session.input_names]
+    if missing:
+        raise ContractError(
+            f"{graph}: missing input(s) {missing}; the graph has {session.input_names}. "
+            "Is this the tiled-vision LFM2-VL ONNX export (LiquidAI/LFM2.5-VL-1.6B-ONNX layout)?"
+        )
+    if not session.output_names:
+        raise ContractError(f"{graph}: the graph has no outputs.")
+
+
+class Captioner:
+    """A loaded model, ready to caption frames. Create with :meth:`load`."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        sessions: dict[str, Session],
+        text_config: TextModelConfig,
+        processor_config: ProcessorConfig,
+        tokenizer: Tokenizer,
+        chat_template: str,
+    ) -> None:
+        self.backend = backend
+        self.embed_tokens = sessions["embed_tokens"]
+        self.embed_images = sessions["embed_images"]
+        self.decoder = sessions["decoder"]
+        self.text_config = text_config
+        self.processor_config = processor_config
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        self._check_contract()
+        self._cache_map = _cache_name_map(self.decoder)
+        self._cache_info = {t.name: t for t in self.decoder.inputs if t.name in self._cache_map}
+        self._has_position_ids = "position_ids" in self.decoder.input_names
+        self._has_argmax = "next_token" in self.decoder.output_names
+
+    @classmethod
+    async def load(cls, backend: Backend) -> "Captioner":
+        """Read the configs and open the three graphs through ``backend``."""
+        config = await backend.read_text("config.json")
+        try:
+            generation = await backend.read_text("generation_config.json")
+        except FileNotFoundError:
+            generation = None
+        text_config = TextModelConfig.from_texts(config, generation)
+        from .modelconfig import parse_json
+
+        processor_config = ProcessorConfig.from_dict(
+            parse_json(await backend.read_text("processor_config.json"), "processor_config.json")
+        )
+        tokenizer = Tokenizer.from_json(await backend.read_text("tokenizer.json"))
+        template = await backend.read_text("chat_template.jinja")
+        sessions = {}
+        for role in ("embed_tokens", "embed_images", "decoder"):
+            sessions[role] = await backend.open_session(role)
+        return cls(backend, sessions, text_config, processor_config, tokenizer, template)
+
+    def _check_contract(self) -> None:
+        _require(self.embed_tokens, "embed_tokens", ["input_ids"])
+        _require(self.embed_images, "embed_images", ["pixel_values", "pixel_attention_mask", "spatial_shapes"])
+        _require(self.decoder, "decoder", ["inputs_embeds", "attention_mask"])
+        if "logits" not in self.decoder.output_names:
+            raise ContractError(f"decoder: no 'logits' output; it has {self.decoder.output_names}.")
+
+    # -- stages -------------------------------------------------------------------------
+
+    def prompt_ids(self, prompt: str, image_inputs: ImageInputs) -> list[int]:
+        return build_prompt_ids(self.tokenizer, self.chat_template, prompt, image_inputs.layouts)
+
+    async def embed(self, ids: Sequence[int]) -> np.ndarray:
+        feeds = {"input_ids": np.asarray([ids], dtype=np.int64)}
+        name = self.embed_tokens.output_names[0]
+        out = await self.embed_tokens.run(feeds, read=[name])
+        return np.asarray(out[name], dtype=np.float32)
+
+    async def image_features(self, inputs: ImageInputs) -> np.ndarray:
+        """Vision rows for all tiles, in tile order.
+
+        The graph resizes position embeddings once to the batch's largest tile, so
+        tiles of different shapes must not share a run (design doc §1.3): run once
+        per distinct spatial shape. Padding beyond a group's patch count is dropped:
+        masked patches do not change the valid ones, and they cost attention time.
+        """
+        shapes = [tuple(int(v) for v in s) for s in inputs.spatial_shapes]
+        out_name = self.embed_images.output_names[0]  # read by position: its name changed across exports
+        rows: list[np.ndarray | None] = [None] * len(shapes)
+        for shape in dict.fromkeys(shapes):
+            idx = [i for i, s in enumerate(shapes) if s == shape]
+            n = shape[0] * shape[1]
+            feeds = {
+                "pixel_values": np.ascontiguousarray(inputs.pixel_values[idx, :n]),
+                "pixel_attention_mask": np.ascontiguousarray(inputs.pixel_attention_mask[idx, :n]),
+                "spatial_shapes": np.ascontiguousarray(inputs.spatial_shapes[idx]),
+            }
+            feats = np.asarray((await self.embed_images.run(feeds, read=[out_name]))[out_name], dtype=np.float32)
+            per_tile = (shape[0] // 2) * (shape[1] // 2)
+            if feats.ndim == 3:  # older exports: [tiles, tokens, hidden]
+                feats = feats.reshape(-1, feats.shape[-1])
+            if feats.shape[0] != per_tile * len(idx):
+                raise ContractError(
+                    f"embed_images returned {feats.shape[0]} rows for {len(idx)} tile(s) of {shape[0]}x{shape[1]} "
+                    f"patches; expected {per_tile * len(idx)}."
+                )
+            for j, i in enumerate(idx):
+                rows[i] = feats[j * per_tile : (j + 1) * per_tile]
+        return np.concatenate(rows, axis=0) if rows else np.zeros((0, self.text_config.hidden_size), np.float32)
+
+    def merge(self, embeds: np.ndarray, ids: Sequence[int], features: np.ndarray) -> np.ndarray:
+        """Overwrite the rows at ``<image>`` positions with vision rows, in order."""
+        positions = np.flatnonzero(np.asarray(ids) == self.text_config.image_token_id)
+        if positions.size != features.shape[0]:
+            raise ContractError(
+                f"The prompt has {positions.size} image tokens but the vision graph returned "
+                f"{features.shape[0]} rows; processor_config.json and the vision graph disagree."
+            )
+        if features.shape[-1] != embeds.shape[-1]:
+            raise ContractError(
+                f"Vision rows have width {features.shape[-1]} but token embeddings {embeds.shape[-1]}."
+            )
+        merged = embeds.copy()
+        merged[0, positions] = features
+        return merged
+
+    # -- the loop -----------------------------------------------------------------------
+
+    async def caption(
+        self,
+        image: np.ndarray,
+        prompt: str = "Describe this image.",
+        *,
+        settings: SamplingSettings | None = None,
+        on_token: TokenCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> CaptionResult:
+        """Caption one RGB/RGBA uint8 frame, streaming tokens to ``on_token``."""
+        settings = settings or SamplingSettings()
+        cancel = cancel or CancelToken()
+        t = Timings()
+
+        start = _now()
+        inputs = preprocess([image], self.processor_config)
+        t.preprocess_ms = _now() - start
+
+        start = _now()
+        ids = self.prompt_ids(prompt, inputs)
+        t.prompt_ms = _now() - start
+        cancel.check()
+
+        start = _now()
+        embeds = await self.embed(ids)
+        features = await self.image_features(inputs)
+        embeds = self.merge(embeds, ids, features)
+        t.vision_ms = _now() - start
+        cancel.check()
+
+        return await self._decode(ids, embeds, settings, t, on_token, cancel)
+
+    async def _decode(
+        self,
+        prompt_ids: list[int],
+        embeds: np.ndarray,
+        settings: SamplingSettings,
+        t: Timings,
+        on_token: TokenCallback | None,
+        cancel: CancelToken,
+    ) -> CaptionResult:
+        sampler = Sampler(settings)
+        use_argmax = self._has_argmax and not settings.needs_logits
+        read = ["next_token"] if use_argmax else ["logits"]
+        keep = list(self._cache_map.values())
+        caches: dict[str, Any] = {name: _empty_cache(info) for name, info in self._cache_info.items()}
+        seen = list(prompt_ids)
+        generated: list[int] = []
+        text = ""
+        stop_reason = "length"
+        length = len(prompt_ids)
+        step_input = embeds
+        token = -1
+        try:
+            for step in range(settings.max_new_tokens):
+                start = _now()
+                if step > 0:
+                    step_input = await self.embed([token])
+                    length += 1
+                feeds: dict[str, Any] = {
+                    "inputs_embeds": step_input,
+                    "attention_mask": np.ones((1, length), dtype=np.int64),
+                    **caches,
+                }
+                if self._has_position_ids:
+                    cur = step_input.shape[1]
+                    feeds["position_ids"] = np.arange(length - cur, length, dtype=np.int64)[None, :]
+                out = await self.decoder.run(feeds, read=read, keep=keep)
+                if step > 0:
+                    self.decoder.release(caches.values())
+                caches = {past: out[present] for past, present in self._cache_map.items()}
+                if use_argmax:
+                    token = int(np.asarray(out["next_token"]).reshape(-1)[-1])
+                else:
+                    logits = np.asarray(out["logits"])
+                    token = sampler.pick(logits.reshape(-1, logits.shape[-1])[-1], np.asarray(seen))
+                t.token_ms.append(_now() - start)
+                if step == 0:
+                    t.prefill_ms = t.token_ms[0]
+                if token in self.text_config.eos_token_ids:
+                    stop_reason = "eos"
+                    break
+                generated.append(token)
+                seen.append(token)
+                new_text = self.tokenizer.decode(generated)
+                # Hold back a partial UTF-8 sequence until the next token completes it.
+                if not new_text.endswith("\ufffd") and new_text.startswith(text):
+                    piece, text = new_text[len(text):], new_text
+                    if on_token is not None:
+                        on_token(token, piece)
+                cancel.check()
+        finally:
+            self.decoder.release(v for v in caches.values() if not isinstance(v, np.ndarray))
+        final = self.tokenizer.decode(generated)
+        if on_token is not None and final != text and final.startswith(text):
+            on_token(-1, final[len(text):])  # flush a held-back tail
+        return CaptionResult(final, generated, list(prompt_ids), stop_reason, t)

@@ -1,0 +1,121 @@
+"""Backend on native onnxruntime (CPython only): how ``lfmvl-site caption`` and the tests run.
+
+A model directory is either the published layout (``onnx/<role><suffix>.onnx``)
+or a built ``dist/model`` whose ``manifest.json`` names each role's variants.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..errors import ContractError, ModelFileError
+from .backend import Backend, Session, TensorInfo
+
+ROLES = ("embed_tokens", "embed_images", "decoder")
+# File-name suffix of each precision in the published layout.
+SUFFIXES = {"fp32": "", "fp16": "_fp16", "q4": "_q4", "q8": "_q8"}
+# onnxruntime's type strings → numpy dtype names.
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(bool)": "bool",
+}
+
+
+def _info(arg: Any) -> TensorInfo:
+    dtype = _ORT_TYPES.get(arg.type)
+    if dtype is None:
+        raise ContractError(f"Unsupported tensor type {arg.type} for {arg.name!r}.")
+    return TensorInfo(arg.name, dtype, tuple(arg.shape))
+
+
+class NativeSession(Session):
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        self.inputs = [_info(a) for a in session.get_inputs()]
+        self.outputs = [_info(a) for a in session.get_outputs()]
+
+    async def run(
+        self, feeds: Mapping[str, Any], *, read: Sequence[str], keep: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        names = list(dict.fromkeys([*read, *keep]))
+        values = self._session.run(names, dict(feeds))
+        return dict(zip(names, values))
+
+
+class NativeBackend(Backend):
+    """Opens graphs with onnxruntime from a local model directory.
+
+    ``precision`` picks a published variant per role (``{"decoder": "q4"}``);
+    roles not named use fp32, or the manifest's first variant for a built model.
+    """
+
+    name = "onnxruntime (CPU)"
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str],
+        *,
+        precision: Mapping[str, str] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.root = Path(model_dir)
+        if not self.root.is_dir():
+            raise ModelFileError(f"Model directory {self.root} does not exist; pass a directory made by "
+                                 "`lfmvl-site synth-model` or downloaded from the hub.")
+        self.precision = dict(precision or {})
+        unknown = set(self.precision) - set(ROLES)
+        if unknown:
+            raise ContractError(f"Unknown graph role(s) {sorted(unknown)}; roles are {list(ROLES)}.")
+        self.threads = threads
+        manifest = self.root / "manifest.json"
+        self.manifest = json.loads(manifest.read_text()) if manifest.is_file() else None
+
+    async def read_text(self, relpath: str) -> str:
+        path = self.root / relpath
+        try:
+            return path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ModelFileError(f"{path} is missing; the model directory is incomplete.") from None
+
+    def graph_path(self, role: str) -> Path:
+        """The .onnx file serving ``role``."""
+        if role not in ROLES:
+            raise ContractError(f"Unknown graph role {role!r}; roles are {list(ROLES)}.")
+        wanted = self.precision.get(role)
+        if self.manifest is not None:
+            variants = self.manifest.get("graphs", {}).get(role) or []
+            for variant in variants:
+                if wanted is None or variant.get("precision") == wanted:
+                    return self.root / variant["file"]
+            raise ModelFileError(f"{self.root / 'manifest.json'} has no {wanted or 'usable'} variant for {role}.")
+        return self.root / "onnx" / f"{role}{SUFFIXES.get(wanted or 'fp32', '_' + str(wanted))}.onnx"
+
+    async def open_session(self, graph: str) -> Session:
+        import onnxruntime as ort
+
+        path = self.graph_path(graph)
+        if not path.is_file():
+            raise ModelFileError(f"{path} is missing; the model directory is incomplete (re-download or rebuild it).")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        try:
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/RuntimeException types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelFileError(
+                f"{path} could not be loaded ({first[:300]}); the file or its .onnx_data may be truncated or "
+                "corrupt: delete it and download or rebuild the model."
+            ) from None
+        return NativeSession(session)
+
+    def describe(self) -> str:
+        return f"{self.name} from {self.root}"
+

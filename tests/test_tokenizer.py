@@ -1,0 +1,257 @@
+"""runtime.tokenizer against HF `tokenizers` (the independent reference) on the tiny model's tokenizer.json."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from lfmvl_site.errors import ContractError
+from lfmvl_site.runtime.tokenizer import Tokenizer, byte_map
+from lfmvl_site.synth.tokenizer_files import write_tokenizer_files
+
+hf_tokenizers = pytest.importorskip("tokenizers")
+
+CORPUS = [
+    "Describe the image in one sentence.",
+    "Hello world, the pythonic Mathias met python and cpython.",
+    "Mathias python Mathiaspython pythonMathias PYTHON Python",
+    " leading space", "   three leading spaces", "trailing spaces   ", "a  b   c    d",
+    "tabs\there\t\tand\t", "line\nbreaks\n\nand\r\nwindows\r\n\r\nend", "\n\n\n", " \n \n ", "\r", "\t\n",
+    "I'm sure they'll say it's 'S' and WE'RE here, you've, I'D, 'LL, 'Re, 'ſ",
+    "don't   can't 'tis rock'n'roll",
+    "Numbers 1 12 123 1234 12345 123456 3.14159 1,000,000 007 ¹²³ ½ ⅷ ١٢٣ १२३",
+    "La caméra montre une crêpe élégante; Größe über Straße; ¿Qué? ¡Sí! Łódź",
+    "Камера показывает кухню. Ёлка и ЁЖ.", "Ελληνικά γράμματα", "עברית ועוד", "العربية نص",
+    "相机显示一个小厨房。图片中有一个人。", "カメラには台所が写っています。", "사진 속 사람은 책상에 앉아",
+    "हिन्दी में लिखा", "ภาษาไทย", "emoji 😀😀 👍🏽 👨‍👩‍👧‍👦 🇫🇷🇩🇪 ❤️ ☕️ 🏳️‍🌈 ✨",
+    "def caption(image, prompt='Describe.'):\n    return model(ids)[-1].argmax()\n",
+    "for (let i = 0; i < n; i++) { x += a[i] ** 2; }  // done",
+    '{"role": "user", "content": [{"type": "image"}]}',
+    "mixed😀text日本語and123numbers", "___init___ __name__ a_b_c", "x\u00a0y\u2003z\u3000w\u200bq\u2028r",
+    "\x1c\x1d\x1e\x1f controls \x00\x07\x7f", "\u0301 combining e\u0301 a\u0308", "ǅungla ǈubljana",
+    "", " ", "a", "<", "<image>", "<|im_end|>", "text <image> and <|im_start|>user\n and <|pad|>",
+]
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("tok")
+    write_tokenizer_files(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def ours(tok_dir: Path) -> Tokenizer:
+    return Tokenizer.from_json((tok_dir / "tokenizer.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def hf(tok_dir: Path):
+    return hf_tokenizers.Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+
+
+@pytest.fixture(scope="module")
+def hf_no_special(tok_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """HF on the same file minus the special added tokens: HF's reading of special spellings as plain text."""
+    data = json.loads((tok_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    data["added_tokens"] = [t for t in data["added_tokens"] if not t["special"]]
+    data["post_processor"] = None
+    path = tmp_path_factory.mktemp("tok_plain") / "tokenizer.json"
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return hf_tokenizers.Tokenizer.from_file(str(path))
+
+
+def _random_texts(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    alphabet = (
+        "abcXYZ  \t\n\r'sStTmdlrev0123456789.,;:!?-_()[]{}<>|/\\\"" "éüßçñŁ" "жЁя" "日本語中文" "한" "αβ"
+        "😀👍🏽\u200d❤️" "\u00a0\u3000\u2028\x1c\x85\u0301" "¹½٣"
+    )
+    words = ["python", "Mathias", "the", " the", "'s", "'LL", "123456", "    ", "\r\n", "<image>", "<|im_end|>"]
+    out = []
+    for _ in range(n):
+        parts = [rng.choice(words) if rng.random() < 0.2 else "".join(rng.choices(alphabet, k=rng.randint(1, 6)))
+                 for _ in range(rng.randint(1, 12))]
+        out.append("".join(parts))
+    return out
+
+
+def test_encode_matches_hf_on_corpus(ours: Tokenizer, hf, hf_no_special) -> None:
+    for text in CORPUS:
+        ref = hf_no_special if ("<" in text) else hf
+        assert ours.encode(text) == ref.encode(text, add_special_tokens=False).ids, text
+
+
+def test_encode_matches_hf_on_random_text(ours: Tokenizer, hf_no_special) -> None:
+    for text in _random_texts(400, seed=1):
+        assert ours.encode(text) == hf_no_special.encode(text, add_special_tokens=False).ids, repr(text)
+
+
+def test_non_special_added_tokens_are_split_out(ours: Tokenizer, hf) -> None:
+    ids = ours.encode("pythonic")
+    assert ids == hf.encode("pythonic", add_special_tokens=False).ids
+    assert ids[0] == hf.token_to_id("python")
+
+
+def test_decode_round_trips_and_matches_hf(ours: Tokenizer, hf) -> None:
+    for text in CORPUS + _random_texts(100, seed=2):
+        ids = ours.encode(text)
+        assert ours.decode(ids) == text
+        assert ours.decode(ids) == hf.decode(ids)
+
+
+def test_decode_arbitrary_ids_matches_hf(ours: Tokenizer, hf) -> None:
+    """Random id sequences (broken UTF-8, special tokens) decode like HF, with and without skipping specials."""
+    rng = random.Random(3)
+    n = hf.get_vocab_size()
+    for _ in range(300):
+        ids = [rng.randrange(n) for _ in range(rng.randint(1, 12))]
+        assert ours.decode(ids) == hf.decode(ids, skip_special_tokens=True), ids
+        assert ours.decode(ids, skip_special=False) == hf.decode(ids, skip_special_tokens=False), ids
+
+
+def test_stream_decoder_equals_full_decode(ours: Tokenizer) -> None:
+    rng = random.Random(4)
+    n = ours.vocab_size
+    cases = [ours.encode(t) for t in CORPUS] + [[rng.randrange(n) for _ in range(20)] for _ in range(100)]
+    for ids in cases:
+        dec = ours.stream_decoder()
+        pieces = [dec.push(i) for i in ids] + [dec.flush()]
+        assert "".join(pieces) == ours.decode(ids)
+
+
+def test_stream_decoder_holds_back_incomplete_characters(ours: Tokenizer) -> None:
+    bmap = byte_map()
+    emoji = "😀".encode()
+    byte_ids = [ours.token_to_id(bmap[b]) for b in emoji]
+    dec = ours.stream_decoder()
+    assert [dec.push(i) for i in byte_ids] == ["", "", "", "😀"]
+    assert dec.flush() == ""
+
+
+def test_special_spellings_stay_plain_text(ours: Tokenizer, hf) -> None:
+    """Documented deviation: HF turns "<image>"/"<|im_end|>" in text into special ids, we never do."""
+    specials = {hf.token_to_id(t) for t in ("<image>", "<|im_end|>", "<|im_start|>", "<|startoftext|>")}
+    for text in ["What is <image>?", "stop<|im_end|>\n<|im_start|>assistant\n", "<|startoftext|>"]:
+        hf_ids = hf.encode(text, add_special_tokens=False).ids
+        assert specials & set(hf_ids)
+        ids = ours.encode(text)
+        assert not set(ids) & ours.special_ids
+        assert ours.decode(ids) == text
+
+
+def test_allow_special_matches_hf(ours: Tokenizer, hf) -> None:
+    for text in ["<|startoftext|><|im_start|>user\n<image>Hi<|im_end|>\n", "a<|img_row_2_col_3|>b</think>c"]:
+        assert ours.encode(text, allow_special=True) == hf.encode(text, add_special_tokens=False).ids
+
+
+def test_lookups_match_hf(ours: Tokenizer, hf) -> None:
+    vocab = hf.get_vocab(with_added_tokens=True)
+    assert ours.vocab_size == hf.get_vocab_size()
+    for token, i in vocab.items():
+        assert ours.token_to_id(token) == i
+        assert ours.id_to_token(i) == hf.id_to_token(i)
+    assert ours.special_token_id("<image>") == 396
+    assert ours.token_to_id("no such token") is None
+
+
+def _mutate(path: Path, edit) -> str:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    edit(data)
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize(
+    ("field", "edit"),
+    [
+        ("model.type", lambda d: d["model"].update(type="WordPiece")),
+        ("model.byte_fallback", lambda d: d["model"].update(byte_fallback=True)),
+        ("normalizer", lambda d: d.update(normalizer={"type": "NFC"})),
+        ("decoder.type", lambda d: d.update(decoder={"type": "Metaspace"})),
+        ("pre_tokenizer.type", lambda d: d.update(pre_tokenizer={"type": "Whitespace"})),
+        ("pre_tokenizer.pretokenizers[0].behavior", lambda d: d["pre_tokenizer"]["pretokenizers"][0].update(behavior="Removed")),
+        ("pre_tokenizer.pretokenizers[1].use_regex", lambda d: d["pre_tokenizer"]["pretokenizers"][1].update(use_regex=True)),
+        ("model.merges", lambda d: d["model"]["merges"].append(["zz", "qq"])),
+        ("model.vocab", lambda d: d["model"]["vocab"].pop("Ġ")),
+    ],
+)
+def test_unsupported_tokenizer_json_names_the_field(tok_dir: Path, field: str, edit) -> None:
+    text = _mutate(tok_dir / "tokenizer.json", edit)
+    with pytest.raises(ContractError, match=f"tokenizer.json: {re.escape(field)}"):
+        Tokenizer.from_json(text)
+
+
+def test_not_json_is_a_contract_error() -> None:
+    with pytest.raises(ContractError, match="not valid JSON"):
+        Tokenizer.from_json("{nope")
+
+
+def _big_tokenizer_json(small: Path, n_merges: int, seed: int) -> str:
+    """A tokenizer.json with the real one's size (~65k vocab): merges that spell whole corpus words, then random ones."""
+    data = json.loads(small.read_text(encoding="utf-8"))
+    bmap = byte_map()
+    vocab: dict[str, int] = {}
+    for t, i in sorted(data["model"]["vocab"].items(), key=lambda kv: kv[1]):
+        if i < 501 + 256:
+            vocab[t] = i
+    merges: list[list[str]] = []
+
+    def add(a: str, b: str) -> None:
+        if len(merges) < n_merges and (a + b) not in vocab:
+            vocab[a + b] = len(vocab)
+            merges.append([a, b])
+
+    for text in CORPUS + _random_texts(3000, seed=seed):
+        for word in text.split():
+            syms = [bmap[b] for b in (" " + word).encode("utf-8")]
+            acc = syms[0]
+            for s in syms[1:]:
+                add(acc, s)
+                acc += s
+    rng = random.Random(seed)
+    keys = list(vocab)[501:]
+    while len(merges) < n_merges:
+        a, b = rng.choice(keys), rng.choice(keys)
+        if len(a + b) <= 16:
+            add(a, b)
+            keys.append(a + b)
+    top = len(vocab)
+    added = []
+    for t in data["added_tokens"]:
+        if t["id"] >= 501:  # Mathias, python, the high specials: move above the new merges
+            t = {**t, "id": top}
+            vocab[t["content"]] = top
+            top += 1
+        added.append(t)
+    data["added_tokens"] = added
+    data["model"]["vocab"] = vocab
+    data["model"]["merges"] = merges
+    return json.dumps(data, ensure_ascii=False)
+
+
+@pytest.mark.slow
+def test_real_sized_tokenizer_loads_and_encodes_fast(tok_dir: Path, tmp_path: Path) -> None:
+    """A 65k-entry tokenizer.json: same ids as HF, loaded and encoding a prompt well within budget."""
+    text = _big_tokenizer_json(tok_dir / "tokenizer.json", n_merges=65_536 - 767, seed=5)
+    plain = json.loads(text)
+    plain["added_tokens"] = [t for t in plain["added_tokens"] if not t["special"]]
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(plain, ensure_ascii=False), encoding="utf-8")
+    hf = hf_tokenizers.Tokenizer.from_file(str(path))  # special spellings read as plain text, like ours
+    t0 = time.perf_counter()
+    ours = Tokenizer.from_json(text)
+    load_s = time.perf_counter() - t0
+    assert ours.vocab_size == hf.get_vocab_size() == 65_536
+    sample = "\n".join(CORPUS + _random_texts(300, seed=6))
+    t0 = time.perf_counter()
+    ids = ours.encode(sample)
+    encode_s = time.perf_counter() - t0
+    assert ids == hf.encode(sample, add_special_tokens=False).ids
+    print(f"65k tokenizer: load {load_s * 1e3:.0f} ms, encode {len(sample)} chars cold {encode_s * 1e3:.0f} ms")
+    assert load_s < 5.0
+    assert encode_s < 5.0

@@ -1,0 +1,79 @@
+"""Synthetic LFM2.5-VL models with the published LiquidAI/LFM2.5-VL-1.6B-ONNX layout and contract.
+
+``write_model(dir, seed=..., size=...)`` writes config/processor/generation JSON, the tokenizer files and the three
+fp32 graphs (``onnx/embed_tokens``, ``onnx/embed_images``, ``onnx/decoder``, each with ``<stem>.onnx_data``), built
+with numpy + onnx only and byte-identical for a given seed. ``make_weights(config, seed)`` returns the same weights
+keyed by transformers parameter names, so tests can load them into ``Lfm2VlForConditionalGeneration``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import BuildError, InputError
+from .configs import GENERATION_CONFIG, PRESETS, PROCESSOR_CONFIG, TOKENIZER_VOCAB_SIZE, model_config
+from .text_graphs import build_decoder, build_embed_tokens
+from .vision_graph import build_embed_images
+from .weights import SynthWeights, make_weights
+
+__all__ = ["write_model", "make_weights", "model_config", "SynthWeights", "PRESETS", "TOKENIZER_VOCAB_SIZE"]
+
+log = logging.getLogger(__name__)
+
+
+def write_model(out_dir: Path, *, seed: int = 0, size: str = "tiny") -> Path:
+    """Write a synthetic model directory at ``out_dir`` and return its path.
+
+    The directory is built next to ``out_dir`` and renamed into place, so a failed build leaves nothing behind.
+    ``out_dir`` must not exist or be empty.
+    """
+    out_dir = Path(out_dir)
+    config = model_config(size)  # validates `size`
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise InputError(f"{out_dir} already exists and is not an empty directory; pick a new path or delete it first.")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; give the final directory normal permissions
+    try:
+        _write_into(tmp, config, seed=seed)
+        if out_dir.exists():
+            out_dir.rmdir()  # empty, checked above
+        tmp.rename(out_dir)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise BuildError(f"Could not write the synthetic model to {out_dir}: {exc}. Check the path and free space.") from exc
+        raise
+    return out_dir
+
+
+def _write_into(root: Path, config: dict[str, Any], *, seed: int) -> None:
+    _write_json(root / "config.json", config)
+    _write_json(root / "generation_config.json", GENERATION_CONFIG)
+    _write_json(root / "processor_config.json", PROCESSOR_CONFIG)
+    _write_tokenizer(root)
+
+    weights = SynthWeights(config, seed)  # lazy: each tensor is made when a graph builder asks for it
+    onnx_dir = root / "onnx"
+    onnx_dir.mkdir()
+    for build in (build_embed_tokens, build_embed_images, build_decoder):
+        log.info("building %s", build.__name__)
+        build(weights, config, onnx_dir)
+
+
+def _write_tokenizer(root: Path) -> None:
+    from .tokenizer_files import write_tokenizer_files
+
+    write_tokenizer_files(root, vocab_size=TOKENIZER_VOCAB_SIZE)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")

@@ -1,0 +1,209 @@
+"""``build_model``: resolve the source, make every graph variant, check contracts, then write ``dest`` atomically.
+
+Nothing is written until every graph is made and checked. Files are written into a temporary sibling of
+``dest`` that replaces ``dest`` by rename at the end; any failure (disk full, Ctrl-C) removes the temporary
+directory and leaves ``dest`` as it was.
+"""
+
+from __future__ import annotations
+
+import copy
+import errno
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BuildError, ModelFileError
+from . import contract, optimize, quantize
+from .options import ModelBuildOptions
+from .resolve import CONFIG_FILES, REQUIRED_CONFIG_FILES, Source, graph_relpath, load_graph, open_source
+from .shard import save_sharded
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = 1
+ROLES = ("embed_tokens", "embed_images", "decoder")
+
+# Variants shipped per chosen precision, in order of preference. fp16 programs need the WebGPU feature
+# shader-f16; without it the page takes the next variant. q4 is MatMulNBits on fp32 activations (no f16
+# needed) and is the compact fallback for the vision encoder and the decoder; embed_tokens (a Gather) has only fp32.
+_FALLBACKS = {
+    "embed_tokens": {"fp16": ["fp16", "fp32"], "fp32": ["fp32"]},
+    "embed_images": {"fp16": ["fp16", "q4"], "q4": ["q4"], "fp32": ["fp32"]},
+    "decoder": {"fp16": ["fp16", "q4"], "q4": ["q4"], "fp32": ["fp32"]},
+}
+_NEEDS = {"fp16": ["shader-f16"], "fp32": [], "q4": []}
+
+
+@dataclass
+class _Variant:
+    role: str
+    precision: str
+    model: "onnx.ModelProto"
+    optimizations: list[str] = field(default_factory=list)
+    made_from: str = ""
+
+
+def variant_plan(options: ModelBuildOptions) -> dict[str, list[str]]:
+    """Precisions shipped per role, preferred first."""
+    return {role: list(_FALLBACKS[role][options.preset[role]]) for role in ROLES}
+
+
+def build_model(options: ModelBuildOptions, dest: Path, *, progress: bool = True) -> dict[str, Any]:
+    """Build ``dest`` (e.g. ``dist/model``) from the options' model source; return the manifest written."""
+    dest = Path(dest)
+    progress = progress and options.progress
+    with open_source(options, progress=progress) as source:
+        text_cfg = _text_config(source)
+        variants = _make_variants(source, options, text_cfg, progress)
+        configs = {name: source.get(name) for name in CONFIG_FILES}
+        missing = [n for n in REQUIRED_CONFIG_FILES if configs[n] is None]
+        if missing:
+            raise ModelFileError(f"{source.describe()} lacks {', '.join(missing)}; it is not a complete model.")
+        return _write(dest, options, source, variants, configs)
+
+
+def _text_config(source: Source) -> dict[str, Any]:
+    path = source.require("config.json")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{path} is not valid JSON ({exc}); re-download the model.") from exc
+    return cfg.get("text_config") or cfg
+
+
+def _make_variants(source: Source, options: ModelBuildOptions, text_cfg: dict[str, Any],
+                   progress: bool) -> list[_Variant]:
+    check_kw = {"hidden_size": text_cfg.get("hidden_size"), "layer_types": text_cfg.get("layer_types")}
+    fp32_cache: dict[str, "onnx.ModelProto"] = {}
+    out: list[_Variant] = []
+    for role, precisions in variant_plan(options).items():
+        for precision in precisions:
+            rel = graph_relpath(role, precision)
+            model = load_graph(source, rel) if precision != "fp32" else None
+            made_from = rel
+            if model is None:  # not published: make it from fp32
+                base = graph_relpath(role, "fp32")
+                if role not in fp32_cache:
+                    loaded = load_graph(source, base)
+                    if loaded is None:
+                        raise ModelFileError(f"{source.describe()} has neither {rel} nor {base} to make it from.")
+                    contract.check_model(role, loaded, file=base, **check_kw)
+                    fp32_cache[role] = loaded
+                model = copy.deepcopy(fp32_cache[role])
+                made_from = base
+            else:
+                contract.check_model(role, model, file=rel, **check_kw)
+            v = _Variant(role, precision, model, made_from=made_from)
+            _convert(v, options, converting=made_from != rel, progress=progress)
+            contract.check_model(role, v.model, file=f"{rel} (built)", **check_kw)
+            out.append(v)
+    return out
+
+
+def _convert(v: _Variant, options: ModelBuildOptions, *, converting: bool, progress: bool) -> None:
+    """Decoder graph optimizations, then the precision conversion (if the source lacked the variant)."""
+    if v.role == "decoder":
+        if options.last_logits:
+            optimize.last_logits(v.model)
+            v.optimizations.append("last_logits")
+        if options.argmax:
+            optimize.add_argmax(v.model)
+            v.optimizations.append("argmax")
+    if converting and v.precision == "q4":
+        head = quantize.find_lm_head(v.model) if v.role == "decoder" else None
+        v.model = quantize.quantize_q4(v.model, exclude=[head.name] if head is not None else [], progress=progress,
+                                       desc=f"q4 {v.role}")
+    elif converting and v.precision == "fp16":
+        v.model = quantize.to_fp16(v.model)
+    if v.role == "decoder" and v.precision == "q4" and options.q4_lm_head:
+        v.model = optimize.q4_lm_head(v.model, progress=progress)
+        v.optimizations.append("q4_lm_head")
+
+
+def _write(dest: Path, options: ModelBuildOptions, source: Source, variants: list[_Variant],
+           configs: dict[str, Path | None]) -> dict[str, Any]:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    try:
+        staging.chmod(0o755)
+        (staging / "onnx").mkdir()
+        graphs: dict[str, list[dict[str, Any]]] = {role: [] for role in ROLES}
+        for v in variants:
+            rel = graph_relpath(v.role, v.precision)
+            inputs, outputs = contract.graph_io(v.model)
+            written = save_sharded(v.model, staging / rel, max_shard_bytes=options.max_shard_bytes)
+            graphs[v.role].append({
+                "precision": v.precision,
+                "needs": list(_NEEDS[v.precision]),
+                "file": rel,
+                "external_data": [p.relative_to(staging).as_posix() for p in written[1:]],
+                "inputs": contract.io_to_json(inputs),
+                "outputs": contract.io_to_json(outputs),
+                "optimizations": list(v.optimizations),
+                "made_from": v.made_from,
+            })
+        for name, path in configs.items():
+            if path is not None:
+                shutil.copyfile(path, staging / name)
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "source": source.info,
+            "preset": options.preset,
+            "optimizations": {
+                name: any(name in v.optimizations for v in variants)
+                for name in ("last_logits", "q4_lm_head", "argmax")
+            },
+            "max_shard_mb": options.max_shard_mb,
+            "graphs": graphs,
+            "files": _file_list(staging),
+        }
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        _swap_into_place(staging, dest)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise BuildError(f"Disk full while writing the model next to {dest}: {exc}. Free space and build again; "
+                             f"{dest} was left as it was.") from exc
+        if isinstance(exc, OSError):
+            raise BuildError(f"Could not write the model next to {dest}: {exc}. {dest} was left as it was.") from exc
+        raise
+    return manifest
+
+
+def _file_list(root: Path) -> list[dict[str, Any]]:
+    files = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        files.append({"path": path.relative_to(root).as_posix(), "size": path.stat().st_size, "sha256": h.hexdigest()})
+    files.sort(key=lambda e: e["path"])
+    return files
+
+
+def _swap_into_place(staging: Path, dest: Path) -> None:
+    """Replace ``dest`` by ``staging`` with renames; on failure the old ``dest`` is put back."""
+    if dest.exists() and not dest.is_dir():
+        raise BuildError(f"{dest} exists and is not a directory; move it away and build again.")
+    old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}") if dest.exists() else None
+    if old is not None:
+        dest.rename(old)
+    try:
+        staging.rename(dest)
+    except BaseException:
+        if old is not None:
+            old.rename(dest)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

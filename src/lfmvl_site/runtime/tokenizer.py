@@ -239,6 +239,11 @@ class Tokenizer:
         """Ids of all special added tokens."""
         return frozenset(self._special.values())
 
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        """Special added tokens, content → id (a copy)."""
+        return dict(self._special)
+
     def token_to_id(self, token: str) -> int | None:
         """The id of a token string (added tokens included), or None."""
         if token in self._special:

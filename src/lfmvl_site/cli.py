@@ -15,6 +15,7 @@ import click
 
 from . import __version__
 from .errors import LfmvlError
+from .model.options import model_options
 
 
 def _clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -76,6 +77,22 @@ def caption(image: Path, model_dir: Path | None, repo_id: str | None, revision: 
     from .caption import caption_file
 
     caption_file(image, model_dir=model_dir, repo_id=repo_id, revision=revision, as_json=as_json, **gen)
+
+
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("dist"), show_default=True,
+              help="Where to write the site (replaced only when the build succeeds).")
+@click.option("--pyodide-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="A local copy of the Pyodide 0.27.7 release files (or set LFMVL_PYODIDE_DIR); "
+                   "default: the official CDN, then PyPI/npm.")
+@model_options
+@_clean_errors
+def build(out: Path, pyodide_dir: Path | None, model_options: Any) -> None:
+    """Build the static captioning site: page, worker, Pyodide, onnxruntime-web, runtime wheel and model."""
+    from .site.build import build_site, serve_hint
+
+    build_site(out, model_options, pyodide_dir=pyodide_dir)
+    click.echo(serve_hint(out))
 
 
 @main.command()

@@ -1,0 +1,346 @@
+"""Backend on onnxruntime-web through Pyodide's FFI (runs only inside Pyodide).
+
+The worker hands in the ``ort`` module object and two JavaScript helpers
+(``fetch_bytes(url, label)`` streaming a file with progress, ``fetch_text(url)``);
+everything else, choosing each graph's variant from ``manifest.json``, creating
+sessions, converting tensors and keeping the decoder caches on the GPU, is here.
+
+Tensors cross the FFI with one copy each way: a numpy array becomes a TypedArray
+(``to_js`` on a flat, contiguous view; int64 → ``BigInt64Array``, float16 → the
+``Uint16Array`` of its bits, which onnxruntime-web takes for float16), and an
+output TypedArray is written straight into a fresh numpy array (``assign_to``).
+Outputs named in ``keep`` stay as ``ort.Tensor`` objects, on the GPU on WebGPU
+(``preferredOutputLocation: "gpu-buffer"``), and are fed back as they are;
+:meth:`BrowserSession.release` disposes of them.
+
+The pure parts (variant choice, dtype maps) import nothing from Pyodide so they
+can be tested under CPython.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import ContractError, ModelFileError
+from .backend import Backend, Session, TensorInfo
+
+ROLES = ("embed_tokens", "embed_images", "decoder")
+# numpy dtype name → onnxruntime-web tensor type.
+_ORT_TYPE = {"float32": "float32", "float16": "float16", "int64": "int64", "int32": "int32", "bool": "bool",
+             "uint8": "uint8"}
+# Outputs whose values feed the next decoder step: left on the GPU when kept.
+_CACHE_PREFIXES = ("present",)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Which manifest variant serves a role, on which execution provider, and why."""
+
+    role: str
+    precision: str
+    file: str
+    external_data: tuple[str, ...]
+    device: str  # "webgpu" or "wasm"
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"role": self.role, "precision": self.precision, "file": self.file, "device": self.device,
+                "reason": self.reason}
+
+
+def choose_variant(role: str, variants: Sequence[Mapping[str, Any]], device: str, features: Iterable[str]) -> Choice:
+    """Pick the first variant whose ``needs`` the device meets.
+
+    On WebGPU ``needs`` are adapter features (``shader-f16``); the wasm EP meets
+    every need. When no variant fits the WebGPU adapter, the role's first variant
+    runs on the wasm EP instead (correct, slower) rather than failing at its first run.
+    """
+    if not variants:
+        raise ModelFileError(f"manifest.json lists no variant for {role}; rebuild the site with `lfmvl-site build`.")
+    have = set(features)
+
+    def make(v: Mapping[str, Any], dev: str, reason: str) -> Choice:
+        return Choice(role, str(v.get("precision", "?")), str(v["file"]), tuple(v.get("external_data") or ()), dev,
+                      reason)
+
+    if device != "webgpu":
+        return make(variants[0], "wasm", "first variant (wasm runs every precision)")
+    for i, v in enumerate(variants):
+        missing = [n for n in v.get("needs") or [] if n not in have]
+        if not missing:
+            why = "preferred variant" if i == 0 else (
+                f"adapter lacks {', '.join(variants[0].get('needs') or [])}; using the {v.get('precision')} variant")
+            return make(v, "webgpu", why)
+    needs = sorted({n for v in variants for n in v.get("needs") or []})
+    return make(variants[0], "wasm", f"no variant fits this GPU (lacks {', '.join(needs)}); running on wasm")
+
+
+def _info(meta: Any, name: str) -> TensorInfo:
+    """TensorInfo from onnxruntime-web's ``inputMetadata``/``outputMetadata`` entry (or a bare name)."""
+    if meta is None:
+        return TensorInfo(name, "float32", ())
+    dtype = str(getattr(meta, "type", "float32"))
+    shape = tuple(d if isinstance(d, (int, str)) else None for d in (getattr(meta, "shape", None) or []))
+    return TensorInfo(name, dtype, shape)
+
+
+class KeptValue:
+    """A value left inside onnxruntime-web (GPU buffer on WebGPU) between runs."""
+
+    __slots__ = ("tensor", "name")
+
+    def __init__(self, tensor: Any, name: str) -> None:
+        self.tensor = tensor
+        self.name = name
+
+    def dispose(self) -> None:
+        if self.tensor is not None:
+            self.tensor.dispose()
+            self.tensor = None
+
+
+class BrowserSession(Session):
+    def __init__(self, backend: "BrowserBackend", session: Any, choice: Choice) -> None:
+        self._b = backend
+        self._s = session
+        self.choice = choice
+        names_in = list(session.inputNames)
+        names_out = list(session.outputNames)
+        meta_in = _metadata(session, "inputMetadata", names_in)
+        meta_out = _metadata(session, "outputMetadata", names_out)
+        self.inputs = [_info(meta_in.get(n), n) for n in names_in]
+        self.outputs = [_info(meta_out.get(n), n) for n in names_out]
+
+    async def run(self, feeds: Mapping[str, Any], *, read: Sequence[str], keep: Sequence[str] = ()) -> dict[str, Any]:
+        from pyodide.ffi import to_js  # type: ignore[import-not-found]
+        import js  # type: ignore[import-not-found]
+
+        js_feeds = js.Object.new()
+        made = []
+        for name, value in feeds.items():
+            if isinstance(value, KeptValue):
+                if value.tensor is None:
+                    raise ContractError(f"{name}: a released value was fed back to {self.choice.role}.")
+                setattr(js_feeds, name, value.tensor)
+            else:
+                t = self._b.tensor(np.asarray(value))
+                made.append(t)
+                setattr(js_feeds, name, t)
+        wanted = list(dict.fromkeys([*read, *keep]))
+        results = await self._s.run(js_feeds, to_js(wanted))
+        out: dict[str, Any] = {}
+        for name in wanted:
+            t = getattr(results, name)
+            if name in read and name not in keep:
+                out[name] = await self._b.to_numpy(t)
+                t.dispose()
+            else:
+                out[name] = KeptValue(t, name)
+        for t in made:
+            t.dispose()
+        return out
+
+    def release(self, values: Iterable[Any]) -> None:
+        for v in values:
+            if isinstance(v, KeptValue):
+                v.dispose()
+
+    async def close(self) -> None:
+        await self._s.release()
+
+
+def _metadata(session: Any, attr: str, names: list[str]) -> dict[str, Any]:
+    meta = getattr(session, attr, None)
+    if meta is None:
+        return {}
+    items = list(meta)
+    return {n: items[i] for i, n in enumerate(names) if i < len(items)}
+
+
+class BrowserBackend(Backend):
+    """onnxruntime-web sessions for the graphs listed in the site's ``model/manifest.json``.
+
+    ``device`` is ``"webgpu"`` or ``"wasm"``; ``features`` are the WebGPU
+    adapter's features (e.g. ``{"shader-f16"}``), used to choose variants.
+    """
+
+    def __init__(
+        self,
+        ort: Any,
+        model_url: str,
+        manifest: Mapping[str, Any],
+        *,
+        device: str,
+        features: Iterable[str] = (),
+        fetch_bytes: Any,
+        fetch_text: Any,
+        verbose: bool = False,
+    ) -> None:
+        if device not in ("webgpu", "wasm"):
+            raise ContractError(f"Unknown device {device!r}; use 'webgpu' or 'wasm'.")
+        self.ort = ort
+        self.model_url = model_url.rstrip("/") + "/"
+        self.manifest = manifest
+        self.device = device
+        self.features = set(features)
+        self._fetch_bytes = fetch_bytes
+        self._fetch_text = fetch_text
+        self.verbose = verbose
+        self.choices: dict[str, Choice] = {}
+        graphs = manifest.get("graphs") or {}
+        for role in ROLES:
+            self.choices[role] = choose_variant(role, graphs.get(role) or [], device, self.features)
+        self.name = "onnxruntime-web (WebGPU)" if device == "webgpu" else "onnxruntime-web (wasm)"
+
+    async def read_text(self, relpath: str) -> str:
+        try:
+            return str(await self._fetch_text(self.model_url + relpath))
+        except Exception as exc:  # a JsException from fetch or a 404 reported by the helper
+            if "404" in str(exc):
+                raise FileNotFoundError(relpath) from None
+            raise ModelFileError(f"Could not download model/{relpath} ({exc}); check the connection and reload.") from None
+
+    async def open_session(self, graph: str) -> Session:
+        from pyodide.ffi import to_js  # type: ignore[import-not-found]
+        import js  # type: ignore[import-not-found]
+
+        if graph not in self.choices:
+            raise ContractError(f"Unknown graph role {graph!r}; roles are {list(ROLES)}.")
+        choice = self.choices[graph]
+        model = await self._fetch_bytes(self.model_url + choice.file, choice.file)
+        external = []
+        for rel in choice.external_data:
+            data = await self._fetch_bytes(self.model_url + rel, rel)
+            # The .onnx refers to its data by the file name beside it.
+            external.append({"path": posixpath.basename(rel), "data": data})
+        options: dict[str, Any] = {
+            "executionProviders": [choice.device],
+            "graphOptimizationLevel": "all",
+            "externalData": external,
+        }
+        if self.verbose:
+            options["logSeverityLevel"] = 0
+            options["logVerbosityLevel"] = 0
+        if choice.device == "webgpu":
+            options["preferredOutputLocation"] = "gpu-buffer"
+        try:
+            session = await self.ort.InferenceSession.create(
+                model, to_js(options, dict_converter=js.Object.fromEntries)
+            )
+        except Exception as exc:
+            raise ModelFileError(
+                f"onnxruntime-web could not load {choice.file} on {choice.device} ({str(exc)[:300]}); "
+                "rebuild the site or reload the page."
+            ) from None
+        return BrowserSession(self, session, choice)
+
+    # -- tensors ------------------------------------------------------------------------
+
+    def tensor(self, array: np.ndarray) -> Any:
+        """An ``ort.Tensor`` holding a copy of ``array``."""
+        from pyodide.ffi import to_js  # type: ignore[import-not-found]
+
+        dtype = array.dtype.name
+        if dtype not in _ORT_TYPE:
+            raise ContractError(f"Cannot pass a {dtype} array to onnxruntime-web.")
+        flat = np.ascontiguousarray(array).reshape(-1)
+        if dtype == "float16":
+            flat = flat.view(np.uint16)
+        elif dtype == "bool":
+            flat = flat.view(np.uint8)
+        data = to_js(flat)  # one copy into a TypedArray of the matching type (int64 → BigInt64Array)
+        return self.ort.Tensor.new(_ORT_TYPE[dtype], data, to_js([int(d) for d in array.shape]))
+
+    async def to_numpy(self, tensor: Any) -> np.ndarray:
+        """Copy an output tensor (downloading it from the GPU if it lives there) into numpy."""
+        data = await tensor.getData() if str(tensor.location) != "cpu" else tensor.data
+        dtype = str(tensor.type)
+        np_dtype = {"float16": np.uint16, "bool": np.uint8}.get(dtype, np.dtype(dtype))
+        out = np.empty(int(data.length), dtype=np_dtype)
+        data.assign_to(out)
+        if dtype == "float16":
+            out = out.view(np.float16)
+        elif dtype == "bool":
+            out = out.astype(bool)
+        return out.reshape([int(d) for d in tensor.dims])
+
+    def describe(self) -> str:
+        parts = [f"{c.role}: {c.precision} on {c.device}" for c in self.choices.values()]
+        return f"{self.name} — " + ", ".join(parts)
+
+
+class PageRuntime:
+    """What the page's worker drives: load once, then caption frames one at a time.
+
+    Arguments and results cross the FFI as JSON strings and typed arrays only, so
+    no proxies leak between calls.
+    """
+
+    def __init__(self) -> None:
+        self.backend: BrowserBackend | None = None
+        self.captioner: Any = None
+        self._cancel: Any = None
+
+    async def load(self, ort: Any, model_url: str, device: str, features: Any, fetch_bytes: Any, fetch_text: Any,
+                   verbose: bool = False) -> str:
+        import json
+
+        from .generate import Captioner
+
+        manifest = json.loads(str(await fetch_text(model_url.rstrip("/") + "/manifest.json")))
+        feats = [str(f) for f in (features.to_py() if hasattr(features, "to_py") else features)]
+        self.backend = BrowserBackend(ort, model_url, manifest, device=device, features=feats,
+                                      fetch_bytes=fetch_bytes, fetch_text=fetch_text, verbose=verbose)
+        self.captioner = await Captioner.load(self.backend)
+        return json.dumps({
+            "backend": self.backend.name,
+            "describe": self.backend.describe(),
+            "choices": [c.as_dict() for c in self.backend.choices.values()],
+        })
+
+    def cancel(self) -> None:
+        """Stop the running caption at its next step (the prompt changed)."""
+        if self._cancel is not None:
+            self._cancel.cancel()
+
+    async def caption(self, rgba: Any, width: int, height: int, prompt: str, settings_json: str,
+                      on_token: Any = None) -> str:
+        """Caption one RGBA frame (a ``Uint8ClampedArray`` of ``height*width*4``); JSON result."""
+        import json
+        import time
+
+        from ..errors import Cancelled, LfmvlError
+        from .generate import CancelToken
+        from .sampling import SamplingSettings
+
+        if self.captioner is None:
+            raise ContractError("The model is not loaded yet.")
+        start = time.perf_counter()
+        frame = np.empty(int(height) * int(width) * 4, dtype=np.uint8)
+        rgba.assign_to(frame)  # the one copy out of JavaScript memory
+        frame = frame.reshape(int(height), int(width), 4)
+        copy_ms = (time.perf_counter() - start) * 1000.0
+        settings = SamplingSettings(**json.loads(settings_json))
+        self._cancel = token = CancelToken()
+
+        def forward(token_id: int, piece: str) -> None:
+            if on_token is not None:
+                on_token(int(token_id), piece)
+
+        try:
+            result = await self.captioner.caption(frame, prompt, settings=settings, on_token=forward, cancel=token)
+        except Cancelled:
+            return json.dumps({"cancelled": True})
+        except LfmvlError as exc:
+            return json.dumps({"error": str(exc)})
+        finally:
+            if self._cancel is token:
+                self._cancel = None
+        data = result.as_dict()
+        data["token_ids"] = [int(t) for t in result.token_ids]
+        data["timings"]["frame_copy_ms"] = round(copy_ms, 3)
+        return json.dumps(data)

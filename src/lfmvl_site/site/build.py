@@ -1,0 +1,205 @@
+"""``lfmvl-site build``: assemble dist/ (page, worker, Pyodide, onnxruntime-web, runtime wheel, model).
+
+Everything is staged in a temporary directory beside ``--out`` and renamed into
+place at the very end, so a failed or interrupted build leaves the previous
+dist/ as it was. ``dist/manifest.json`` lists the size and sha256 of every file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import BuildError, LfmvlError
+from . import assets
+from .fetch import Progress, pyodide_dir_from_env, quiet, sha256_file, stderr_progress
+from .wheel import runtime_wheel
+
+# Files of web/ copied as they are; index.html is rendered.
+WEB_STATIC = ("app.js", "worker.js", "style.css")
+PROMPTS = (
+    "Describe this image.",
+    "Describe this image in one short sentence.",
+    "What is the person doing?",
+    "List the objects you can see.",
+    "Read any text in the image.",
+)
+FORMAT = 1
+
+
+def web_dir() -> Path:
+    """The page sources: ``web/`` of the source tree (or packaged beside the module)."""
+    here = Path(__file__).resolve()
+    for candidate in (here.parent / "web", here.parents[3] / "web"):
+        if (candidate / "index.html").is_file():
+            return candidate
+    raise BuildError("The page sources (web/index.html) are missing from this installation; reinstall lfmvl-site "
+                     "from a source checkout (`pip install -e .`).")
+
+
+def build_site(
+    out: Path,
+    model_options: Any,
+    *,
+    pyodide_dir: Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Build the static site into ``out``; return its manifest."""
+    say: Progress = stderr_progress if progress else quiet
+    out = Path(out).resolve()
+    mirror = pyodide_dir if pyodide_dir is not None else pyodide_dir_from_env()
+    if mirror is not None and not Path(mirror).is_dir():
+        raise BuildError(f"--pyodide-dir {mirror} is not a directory; point it at a copy of the Pyodide "
+                         f"{assets.PYODIDE_VERSION} release files, or leave it out to download them.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    t0 = time.monotonic()
+    try:
+        manifest = _assemble(staging, model_options, Path(mirror) if mirror else None, say, progress)
+        _swap_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    say(f"Built {out} in {time.monotonic() - t0:.1f} s ({manifest['total_bytes'] / 1e6:.1f} MB).")
+    return manifest
+
+
+def _assemble(root: Path, model_options: Any, mirror: Path | None, say: Progress, progress: bool) -> dict[str, Any]:
+    say(f"[1/5] onnxruntime-web {assets.ORT_VERSION}")
+    ort_files = assets.fetch_ort(say)
+    assets.copy_assets(ort_files, root / "ort")
+
+    say(f"[2/5] Pyodide {assets.PYODIDE_VERSION} + {', '.join(assets.PYODIDE_PACKAGES)}"
+        + (f" (mirror {mirror})" if mirror else ""))
+    bundle = assets.fetch_pyodide(mirror, say)
+    assets.copy_assets(bundle.runtime, root / "pyodide")
+    assets.copy_assets([a for _, a in bundle.packages], root / "pyodide")
+    (root / "pyodide" / "pyodide-lock.json").write_text(json.dumps(bundle.trimmed_lock(), indent=1))
+    for entry, asset in bundle.packages:
+        say(f"  {entry['name']} {entry['version']}: {asset.name} ({asset.source})")
+
+    say("[3/5] runtime wheel")
+    wheel = runtime_wheel(root / "py")
+
+    say("[4/5] model")
+    from ..model.build import build_model
+
+    try:
+        model_manifest = build_model(model_options, root / "model", progress=progress)
+    except LfmvlError:
+        raise
+    except Exception as exc:  # keep the staging cleanup + one-line error contract
+        raise BuildError(f"The model build failed ({type(exc).__name__}: {exc}); dist/ was left untouched.") from exc
+
+    say("[5/5] page")
+    settings = _settings(wheel.relative_to(root).as_posix(), model_manifest)
+    _write_page(root, settings, model_manifest)
+    return _write_manifest(root, settings, model_manifest)
+
+
+def _model_name(model_manifest: dict[str, Any]) -> str:
+    source = model_manifest.get("source") or {}
+    if source.get("synthetic"):
+        return "a synthetic test model (random weights: its captions are gibberish)"
+    return str(source.get("repo_id") or source.get("local_dir") or "LFM2.5-VL")
+
+
+def _settings(wheel_path: str, model_manifest: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "version": __version__,
+        "title": "Live captions · LFM2.5-VL",
+        "model_name": _model_name(model_manifest),
+        "model_url": "model/",
+        "runtime_wheel": wheel_path,
+        "pyodide_packages": list(assets.PYODIDE_PACKAGES),
+        "default_prompt": PROMPTS[0],
+        "prompts": list(PROMPTS),
+        "max_new_tokens": 32,
+        "interval_ms": 0,
+        "frame_size": 512,
+        "pyodide_version": assets.PYODIDE_VERSION,
+        "ort_version": assets.ORT_VERSION,
+    }
+
+
+def _write_page(root: Path, settings: dict[str, Any], model_manifest: dict[str, Any]) -> None:
+    import jinja2
+
+    src = web_dir()
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(src)), autoescape=True,
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    # JSON inside <script>: "<" escaped so no "</script>" can end the element early.
+    settings_json = json.dumps(settings, ensure_ascii=False).replace("<", "\\u003c")
+    html = env.get_template("index.html").render(settings_json=settings_json, **settings)
+    (root / "index.html").write_text(html, encoding="utf-8")
+    for name in WEB_STATIC:
+        shutil.copyfile(src / name, root / name)
+
+
+def _part(path: str) -> str:
+    top = path.split("/", 1)[0]
+    return {"pyodide": "pyodide", "ort": "ort", "py": "runtime", "model": "model"}.get(top, "page")
+
+
+def _write_manifest(root: Path, settings: dict[str, Any], model_manifest: dict[str, Any]) -> dict[str, Any]:
+    files = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        files.append({"path": rel, "size": path.stat().st_size, "sha256": sha256_file(path)})
+    parts: dict[str, int] = {}
+    for f in files:
+        parts[_part(f["path"])] = parts.get(_part(f["path"]), 0) + f["size"]
+    manifest = {
+        "format": FORMAT,
+        "generator": f"lfmvl-site {__version__}",
+        "versions": {"pyodide": assets.PYODIDE_VERSION, "onnxruntime-web": assets.ORT_VERSION,
+                     "runtime": __version__},
+        "model": {"manifest": "model/manifest.json", "source": model_manifest.get("source"),
+                  "preset": model_manifest.get("preset")},
+        "runtime_wheel": settings["runtime_wheel"],
+        "parts": parts,
+        "total_bytes": sum(f["size"] for f in files),
+        "files": files,
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def _swap_into_place(staging: Path, out: Path) -> None:
+    """Replace ``out`` by ``staging`` with renames only (the old dist survives until the new one is in place)."""
+    old = None
+    if out.exists():
+        if not (out / "manifest.json").is_file() and any(out.iterdir()):
+            raise BuildError(f"{out} exists and is not a site built by lfmvl-site (no manifest.json); "
+                             "pick another --out or remove it.")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    try:
+        os.replace(staging, out)
+    except OSError:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    os.chmod(out, 0o755)
+
+
+def serve_hint(out: Path) -> str:
+    """The command that previews the built site."""
+    try:
+        shown = os.path.relpath(out)
+    except ValueError:
+        shown = str(out)
+    if shown.startswith(".."):
+        shown = str(out)
+    return f"lfmvl-site serve {shown}"
+
+
+__all__ = ["build_site", "serve_hint", "web_dir"]

@@ -255,3 +255,24 @@ def test_real_sized_tokenizer_loads_and_encodes_fast(tok_dir: Path, tmp_path: Pa
     print(f"65k tokenizer: load {load_s * 1e3:.0f} ms, encode {len(sample)} chars cold {encode_s * 1e3:.0f} ms")
     assert load_s < 5.0
     assert encode_s < 5.0
+
+
+def test_unicode_classes_match_hf_on_every_assigned_plane(ours: Tokenizer) -> None:
+    """Each code point of planes 0-3 and 14 is split like HF's Oniguruma does (letter / number / space / other).
+
+    Covers the Unicode version gap (Python 3.11: 14.0, HF tokenizers: 16.0) closed by the runtime's table.
+    """
+    from tokenizers import Regex, pre_tokenizers
+
+    from lfmvl_site.synth.tokenizer_files import SPLIT_REGEX
+
+    split = pre_tokenizers.Split(Regex(SPLIT_REGEX), behavior="isolated")
+    cps = [cp for cp in [*range(0x40000), *range(0xE0000, 0xE1000)] if not 0xD800 <= cp < 0xE000]
+    bad = []
+    for start in range(0, len(cps), 2048):
+        chunk = cps[start : start + 2048]
+        # Each probe tells letters, numbers, spaces and others apart by how it splits.
+        text = "".join(f"x{chr(cp)}x!{chr(cp)}1{chr(cp)}\n" for cp in chunk)
+        if ours._split.findall(text) != [p for p, _ in split.pre_tokenize_str(text)]:
+            bad.append(f"U+{chunk[0]:04X}..U+{chunk[-1]:04X}")
+    assert not bad, bad[:20]

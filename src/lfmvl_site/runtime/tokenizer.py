@@ -5,10 +5,11 @@ Pure Python (stdlib + numpy), so it runs unchanged in Pyodide, whose bundle has 
 ``\\s``; Python's ``re`` has none of these, so equivalent character classes are built
 once from :mod:`unicodedata` (see :func:`unicode_classes`).
 
-Unicode versions: HF ``tokenizers`` matches the pattern with Oniguruma, whose tables
-follow its own Unicode version; CPython 3.11 ships Unicode 14.0, Pyodide's 3.12 ships
-15.0. Only code points assigned between those versions can split differently, and
-they would be split as "other symbols" rather than letters/numbers.
+Unicode versions: HF ``tokenizers`` (0.23) matches the pattern with Oniguruma, whose
+tables are Unicode 16.0; CPython 3.11 ships Unicode 14.0 and Pyodide's 3.12 ships 15.0.
+Measured over every code point, the only disagreements are the letters and numbers
+assigned in Unicode 15.0-16.0, so those ranges are added from a small table below
+(:data:`_NEWER_LETTERS`, :data:`_NEWER_NUMBERS`); with it both hosts split like HF.
 
 Deliberate deviation from HF: :meth:`Tokenizer.encode` never produces a SPECIAL
 token from text. A user typing ``<image>`` or ``<|im_end|>`` gets the ids of that
@@ -36,6 +37,22 @@ __all__ = ["Tokenizer", "StreamDecoder", "unicode_classes", "translate_pattern",
 _WHITE_SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 _WORD_CACHE_MAX = 20_000
 
+# Letters (L*) and numbers (N*) assigned in Unicode 15.0-16.0, i.e. unknown to Python 3.11's
+# unicodedata (14.0), which Oniguruma in HF tokenizers already classifies. Inclusive ranges.
+_NEWER_LETTERS = (
+    (0x1C89, 0x1C8A), (0xA7CB, 0xA7CD), (0xA7DA, 0xA7DC), (0x105C0, 0x105F3), (0x10D4A, 0x10D65),
+    (0x10D6F, 0x10D85), (0x10EC2, 0x10EC4), (0x1123F, 0x11240), (0x11380, 0x11389), (0x1138B, 0x1138B),
+    (0x1138E, 0x1138E), (0x11390, 0x113B5), (0x113B7, 0x113B7), (0x113D1, 0x113D1), (0x113D3, 0x113D3),
+    (0x11BC0, 0x11BE0), (0x11F02, 0x11F02), (0x11F04, 0x11F10), (0x11F12, 0x11F33), (0x1342F, 0x1342F),
+    (0x13441, 0x13446), (0x13460, 0x143FA), (0x16100, 0x1611D), (0x16D40, 0x16D6C), (0x18CFF, 0x18CFF),
+    (0x1B132, 0x1B132), (0x1B155, 0x1B155), (0x1DF25, 0x1DF2A), (0x1E030, 0x1E06D), (0x1E4D0, 0x1E4EB),
+    (0x1E5D0, 0x1E5ED), (0x1E5F0, 0x1E5F0), (0x2B739, 0x2B739), (0x2EBF0, 0x2EE5D), (0x31350, 0x323AF),
+)
+_NEWER_NUMBERS = (
+    (0x10D40, 0x10D49), (0x116D0, 0x116E3), (0x11BF0, 0x11BF9), (0x11F50, 0x11F59), (0x16130, 0x16139),
+    (0x16D70, 0x16D79), (0x1CCF0, 0x1CCF9), (0x1D2C0, 0x1D2D3), (0x1E4F0, 0x1E4F9), (0x1E5F1, 0x1E5FA),
+)
+
 
 def byte_map() -> dict[int, str]:
     """The GPT-2 byte → printable character map used by byte-level BPE."""
@@ -62,6 +79,11 @@ def _ranges_to_class(flags: np.ndarray, cps: np.ndarray) -> str:
     return "".join(esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in zip(starts.tolist(), ends.tolist()))
 
 
+def _cp_index(cp: int) -> int:
+    """Index of a code point in the surrogate-free code point array."""
+    return cp if cp < 0xD800 else cp - 0x800
+
+
 @lru_cache(maxsize=1)
 def unicode_classes() -> dict[str, str]:
     """Class bodies for ``\\p{L}`` (categories L*), ``\\p{N}`` (N*) and ``\\s`` (White_Space).
@@ -75,6 +97,10 @@ def unicode_classes() -> dict[str, str]:
     numeric = [i for i, c in enumerate(text) if c.isnumeric() and unicodedata.category(c)[0] == "N"]
     numbers = np.zeros(len(text), dtype=bool)
     numbers[numeric] = True
+    letters = letters.copy()
+    for flags, table in ((letters, _NEWER_LETTERS), (numbers, _NEWER_NUMBERS)):
+        for a, b in table:
+            flags[_cp_index(a) : _cp_index(b) + 1] = True
     return {"L": _ranges_to_class(letters, cps), "N": _ranges_to_class(numbers, cps), "s": _WHITE_SPACE}
 
 

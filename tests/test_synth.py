@@ -280,3 +280,31 @@ def test_cli_writes_a_model(tmp_path: Path) -> None:
     )
     assert again.returncode != 0 and "Traceback" not in again.stderr
     assert again.stderr.startswith("Error:") and "not an empty directory" in again.stderr
+
+
+def test_external_data_split_past_the_limit(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the split size the data continues in <stem>.onnx_data_1, ...; onnxruntime reads it to the same logits."""
+    ort = pytest.importorskip("onnxruntime")
+    from lfmvl_site.synth import onnxbuild
+
+    monkeypatch.setattr(onnxbuild, "SPLIT_BYTES", 256 * 1024)
+    split = synth.write_model(tmp_path / "split", seed=0)
+    parts = sorted(p.name for p in (split / "onnx").glob("decoder.onnx_data*"))
+    assert parts[:3] == ["decoder.onnx_data", "decoder.onnx_data_1", "decoder.onnx_data_2"]
+    assert all((split / "onnx" / p).stat().st_size <= 256 * 1024 for p in parts)
+
+    def run(model_dir: Path) -> np.ndarray:
+        sess = ort.InferenceSession(str(model_dir / "onnx" / "decoder.onnx"), providers=["CPUExecutionProvider"])
+        feeds = {}
+        for i in sess.get_inputs():
+            if i.name == "inputs_embeds":
+                feeds[i.name] = np.random.default_rng(0).standard_normal((1, 5, i.shape[2]), dtype=np.float32)
+            elif i.name == "attention_mask":
+                feeds[i.name] = np.ones((1, 5), np.int64)
+            elif i.name.startswith("past_conv."):
+                feeds[i.name] = np.zeros((1, i.shape[1], i.shape[2]), np.float32)
+            else:
+                feeds[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
+        return sess.run(["logits"], feeds)[0]
+
+    np.testing.assert_array_equal(run(split), run(tiny_model_dir))

@@ -72,7 +72,9 @@ def _write_into(root: Path, config: dict[str, Any], *, seed: int) -> None:
 def _write_tokenizer(root: Path) -> None:
     from .tokenizer_files import write_tokenizer_files
 
-    write_tokenizer_files(root, vocab_size=TOKENIZER_VOCAB_SIZE)
+    written = write_tokenizer_files(root, vocab_size=TOKENIZER_VOCAB_SIZE)
+    if written != TOKENIZER_VOCAB_SIZE:  # the embedding table and lm_head are sized from this number
+        raise BuildError(f"The synthetic tokenizer has {written} ids, expected {TOKENIZER_VOCAB_SIZE}; fix synth/tokenizer_files.py.")
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

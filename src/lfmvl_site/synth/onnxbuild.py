@@ -17,6 +17,7 @@ from onnx import TensorProto, helper
 
 SIZE_THRESHOLD = 1024  # bytes; smaller tensors stay inside the .onnx file
 ALIGN = 64  # start every external tensor on a 64-byte boundary (harmless, mmap-friendly)
+SPLIT_BYTES = 2 * 1024**3  # one external-data file stays within 2 GiB (browsers and ORT-web need that)
 OPSETS = (("", 21), ("com.microsoft", 1))
 IR_VERSION = 10
 
@@ -37,6 +38,8 @@ class GraphBuilder:
         self.name = name
         self.data_path = data_path
         self._data: BinaryIO = open(data_path, "wb")  # noqa: SIM115 - closed in save()
+        self._part = 0  # data files past 2 GiB continue in <stem>.onnx_data_1, _2, ... as in the published export
+        self._part_name = data_path.name
         self._offset = 0
         self.nodes: list[onnx.NodeProto] = []
         self.inputs: list[onnx.ValueInfoProto] = []
@@ -63,13 +66,15 @@ class GraphBuilder:
         tensor = TensorProto(name=name, data_type=_NP_TO_ONNX[arr.dtype], dims=list(arr.shape))
         raw = arr.tobytes()
         if len(raw) >= SIZE_THRESHOLD:
+            if self._offset and self._offset + len(raw) > SPLIT_BYTES:
+                self._next_part()
             pad = (-self._offset) % ALIGN
             if pad:
                 self._data.write(b"\0" * pad)
                 self._offset += pad
             self._data.write(raw)
             tensor.data_location = TensorProto.EXTERNAL
-            for key, val in (("location", self.data_path.name), ("offset", str(self._offset)), ("length", str(len(raw)))):
+            for key, val in (("location", self._part_name), ("offset", str(self._offset)), ("length", str(len(raw)))):
                 entry = tensor.external_data.add()
                 entry.key, entry.value = key, val
             self._offset += len(raw)
@@ -77,6 +82,13 @@ class GraphBuilder:
             tensor.raw_data = raw
         self.initializers.append(tensor)
         return name
+
+    def _next_part(self) -> None:
+        self._data.close()
+        self._part += 1
+        self._part_name = f"{self.data_path.name}_{self._part}"
+        self._data = open(self.data_path.with_name(self._part_name), "wb")  # noqa: SIM115 - closed in save()
+        self._offset = 0
 
     def ints(self, *values: int) -> str:
         """A small anonymous int64 vector constant (shapes, axes, indices)."""

@@ -11,8 +11,10 @@ fi
 # torch 2.14.1 + torchvision 0.29.1: the CUDA build pair (runs on CPU); the only torchvision
 # pairing that imports on these machines (see README).
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
-if ! command -v chromium >/dev/null 2>&1; then
+# chromium: browser tests; nginx, apache2, caddy: tests/test_deploy.py runs them with the emitted configs
+# (the tests start their own instances on 127.0.0.1; services the packages may start are left alone).
+if ! command -v chromium >/dev/null 2>&1 || ! [ -x /usr/sbin/nginx ] || ! [ -x /usr/sbin/apache2 ] || ! command -v caddy >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium nginx apache2 caddy >/dev/null
 fi

@@ -291,3 +291,32 @@ def test_bad_input_raises_input_error(image, message, cfg):
 def test_no_images_raises_input_error(cfg):
     with pytest.raises(InputError):
         preprocess([], cfg)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]},
+        {"do_normalize": False},
+        {"do_rescale": False},
+    ],
+    ids=["imagenet-mean-std", "rescale-only", "normalize-only"],
+)
+def test_normalization_variants(overrides, processor_json, tiny_model_dir, max_diff_seen):
+    from transformers import AutoImageProcessor
+
+    d = json.loads(json.dumps(processor_json))
+    d["image_processor"].update(overrides)
+    ours_cfg = ProcessorConfig.from_dict(d)
+    hf = AutoImageProcessor.from_pretrained(str(tiny_model_dir), **overrides)
+    rng = np.random.default_rng(9)
+    image = rng.integers(0, 256, (300, 700, 3), dtype=np.uint8)
+    ref = hf([image], input_data_format="channels_last", return_tensors="pt")
+    ours = preprocess([image], ours_cfg)
+    assert ours.pixel_values.shape == tuple(ref["pixel_values"].shape)
+    # One uint8 step in these units: the smallest step any channel's transform maps 1 to.
+    scale = 1.0 if not ours_cfg.do_rescale else ours_cfg.rescale_factor
+    step = scale / (min(ours_cfg.image_std) if ours_cfg.do_normalize else 1.0)
+    diff = float(np.abs(ours.pixel_values - ref["pixel_values"].numpy()).max())
+    max_diff_seen.append(diff)
+    assert diff <= step * (1 + 1e-5)

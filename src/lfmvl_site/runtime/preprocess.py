@@ -378,15 +378,35 @@ def _taps(in_size: int, out_size: int, resample: int) -> tuple[np.ndarray, np.nd
     return idx.astype(np.intp), fixed, precision
 
 
-def _resample_axis0(img: np.ndarray, out_size: int, resample: int) -> np.ndarray:
-    """Resize axis 0 of a uint8 array [N, ...] to ``out_size`` (fixed point, round, clamp)."""
-    idx, fixed, precision = _taps(img.shape[0], out_size, resample)
-    tail = (1,) * (img.ndim - 1)
-    acc = np.full((out_size,) + img.shape[1:], 1 << (precision - 1), dtype=np.int32)
-    tmp = np.empty_like(acc)
+def _pixels(a: np.ndarray) -> np.ndarray:
+    """View a C-contiguous uint8 [H, W, C] array as [H, W] of C-byte items, so a column gather moves whole pixels."""
+    return a.view(np.dtype((np.void, a.shape[2]))).reshape(a.shape[:2])
+
+
+def _resample_axis(img: np.ndarray, axis: int, out_size: int, resample: int) -> np.ndarray:
+    """Resize axis 0 (rows) or 1 (columns) of a C-contiguous uint8 [H, W, C] array (fixed point, round, clamp).
+
+    Each tap is one gather of whole rows or whole pixels plus one multiply-add, so the cost is ~K passes over
+    the output (K = taps per output pixel: 2-3 when enlarging, about 2*scale+1 when shrinking).
+    """
+    idx, fixed, precision = _taps(img.shape[axis], out_size, resample)
+    shape = list(img.shape)
+    shape[axis] = out_size
+    shape = tuple(shape)
+    wshape = (out_size, 1, 1) if axis == 0 else (1, out_size, 1)
+    rows = np.empty(shape, dtype=np.uint8)
+    src, dst = (img, rows) if axis == 0 else (_pixels(img), _pixels(rows))
+    acc = np.empty(shape, dtype=np.int32)
+    tmp = np.empty(shape, dtype=np.int32)
     for k in range(fixed.shape[0]):
-        np.multiply(img[idx[k]], fixed[k].reshape((out_size,) + tail), out=tmp)
-        acc += tmp
+        np.take(src, idx[k], axis=axis, out=dst)
+        weights = fixed[k].reshape(wshape)
+        if k == 0:
+            np.multiply(rows, weights, out=acc)
+        else:
+            np.multiply(rows, weights, out=tmp)
+            acc += tmp
+    acc += 1 << (precision - 1)  # rounding constant (PyTorch starts the sum with it; integer sums commute)
     acc >>= precision  # arithmetic shift = floor, as _mm_srai_epi32
     np.clip(acc, 0, 255, out=acc)
     return acc.astype(np.uint8)
@@ -394,12 +414,11 @@ def _resample_axis0(img: np.ndarray, out_size: int, resample: int) -> np.ndarray
 
 def resize_uint8(img: np.ndarray, out_h: int, out_w: int, resample: int = 2) -> np.ndarray:
     """Antialiased resize of a uint8 HxWxC array, equal to torchvision ``F.resize(..., antialias=True)`` on CPU."""
-    h, w = img.shape[:2]
-    out = img
-    if out_w != w:  # width pass first, over every input row (as PyTorch)
-        out = _resample_axis0(out.transpose(1, 0, 2), out_w, resample).transpose(1, 0, 2)
-    if out_h != h:
-        out = _resample_axis0(np.ascontiguousarray(out), out_h, resample)
+    out = np.ascontiguousarray(img)
+    if out_w != out.shape[1]:  # width pass first, over every input row, as PyTorch does
+        out = _resample_axis(out, 1, out_w, resample)
+    if out_h != out.shape[0]:
+        out = _resample_axis(out, 0, out_h, resample)
     return out
 
 
@@ -438,26 +457,44 @@ def to_rgb(image: Any) -> np.ndarray:
         return np.ascontiguousarray(np.repeat(image, 3, axis=2))
     if channels == 4:
         alpha = image[:, :, 3]
-        if alpha.min() == 255:
-            return np.ascontiguousarray(image[:, :, :3])
+        if alpha.min() == 255:  # opaque (every webcam frame): drop alpha, one plane at a time (fast strided copy)
+            rgb = np.empty(image.shape[:2] + (3,), dtype=np.uint8)
+            for c in range(3):
+                rgb[:, :, c] = image[:, :, c]
+            return rgb
         return _alpha_lut()[alpha[:, :, None], image[:, :, :3]]
     return np.ascontiguousarray(image)
 
 
 @lru_cache(maxsize=8)
-def _value_lut(cfg: ProcessorConfig) -> np.ndarray:
-    """[256, 3] float32: uint8 value -> normalised value per channel, in transformers' float32 arithmetic."""
-    v = np.arange(256, dtype=np.float32)[:, None]
-    mean = np.asarray(cfg.image_mean, dtype=np.float32)
-    std = np.asarray(cfg.image_std, dtype=np.float32)
-    if cfg.do_rescale and cfg.do_normalize:  # fused: mean/std scaled by 1/rescale_factor in float32
-        inv = np.float32(1.0 / cfg.rescale_factor)
-        return ((v - mean * inv) / (std * inv)).astype(np.float32)
+def _normalizer(cfg: ProcessorConfig) -> tuple[Any, Any, Any]:
+    """(subtract, divide, multiply) float32 operands, scalars or per-channel, reproducing transformers' float32
+    arithmetic: fused rescale+normalize is ``(x - mean/rescale) / (std/rescale)`` with mean/rescale computed in
+    float32; rescale alone is ``x * rescale``. None = skip the step."""
+
+    def operand(values: tuple[float, float, float], factor: np.float32) -> Any:
+        arr = np.asarray(values, dtype=np.float32) * factor
+        return arr[0] if arr[0] == arr[1] == arr[2] else arr  # the patch vector is (py, px, c): c fastest
+
     if cfg.do_normalize:
-        return ((v - mean) / std).astype(np.float32)
+        factor = np.float32(1.0 / cfg.rescale_factor) if cfg.do_rescale else np.float32(1.0)
+        return operand(cfg.image_mean, factor), operand(cfg.image_std, factor), None
     if cfg.do_rescale:
-        return np.repeat(v * np.float32(cfg.rescale_factor), 3, axis=1)
-    return np.repeat(v, 3, axis=1)
+        return None, None, np.float32(cfg.rescale_factor)
+    return None, None, None
+
+
+def _normalize_into(out: np.ndarray, patches: np.ndarray, cfg: ProcessorConfig) -> None:
+    """Write normalised float32 values of uint8 ``patches`` [..., p*p*3] into ``out`` (same shape)."""
+    sub, div, mul = _normalizer(cfg)
+    reps = patches.shape[-1] // 3
+    if sub is not None:
+        np.subtract(patches, sub if np.ndim(sub) == 0 else np.tile(sub, reps), out=out)
+        np.divide(out, div if np.ndim(div) == 0 else np.tile(div, reps), out=out)
+    elif mul is not None:
+        np.multiply(patches, mul, out=out)
+    else:
+        out[...] = patches
 
 
 def _patchify(img: np.ndarray, tiles_h: int, tiles_w: int, p: int) -> np.ndarray:
@@ -508,15 +545,10 @@ def preprocess(images: Sequence[np.ndarray], cfg: ProcessorConfig) -> ImageInput
     pixel_values = np.zeros((total, max_np, dim), dtype=np.float32)
     mask = np.zeros((total, max_np), dtype=np.int64)
     shapes = np.zeros((total, 2), dtype=np.int64)
-    lut = _value_lut(cfg)
-    # Per-channel LUT gather: the patch vector is (py, px, c) with c fastest, so index with value*3 + channel.
-    flat_lut = lut.reshape(-1)
-    chan = np.tile(np.arange(3, dtype=np.intp), p * p)
     t = 0
     for patches, nph, npw in groups:
         n_tiles, n_patches = patches.shape[:2]
-        index = patches.astype(np.intp) * 3 + chan
-        np.take(flat_lut, index, out=pixel_values[t : t + n_tiles, :n_patches], mode="clip")
+        _normalize_into(pixel_values[t : t + n_tiles, :n_patches], patches, cfg)
         mask[t : t + n_tiles, :n_patches] = 1
         shapes[t : t + n_tiles] = (nph, npw)
         t += n_tiles

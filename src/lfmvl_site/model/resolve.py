@@ -95,14 +95,28 @@ class HubSource(Source):
         return self._download(relpath, self.commit or self.requested)
 
     def _download(self, relpath: str, revision: str | None) -> Path | None:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
+        from huggingface_hub.errors import (
+            LocalEntryNotFoundError,
+            RemoteEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
 
         try:
             with _progress_bars(self.progress):
                 path = Path(hf_hub_download(self.repo_id, relpath, revision=revision))
-        except EntryNotFoundError:
-            return None
+        except RemoteEntryNotFoundError:
+            return None  # the hub says the repo has no such file
+        except LocalEntryNotFoundError as exc:
+            cached = try_to_load_from_cache(self.repo_id, relpath, revision=revision)
+            if cached is not None and not isinstance(cached, str):  # huggingface_hub's "known absent" marker
+                return None
+            raise ModelFileError(
+                f"{relpath} of {self.repo_id}@{revision or 'main'} is not in the huggingface_hub cache and the hub "
+                f"cannot be reached ({exc.__class__.__name__}). Go online (unset HF_HUB_OFFLINE), or use a local "
+                "copy with --model-dir."
+            ) from exc
         except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
             raise ModelFileError(
                 f"{self.repo_id}@{revision or 'main'} was not found on the hub ({type(exc).__name__}); check --model "

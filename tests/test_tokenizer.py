@@ -258,7 +258,7 @@ def test_real_sized_tokenizer_loads_and_encodes_fast(tok_dir: Path, tmp_path: Pa
 
 
 def test_unicode_classes_match_hf_on_every_assigned_plane(ours: Tokenizer) -> None:
-    """Each code point of planes 0-3 and 14 is split like HF's Oniguruma does (letter / number / space / other).
+    """Each code point of planes 0-3 and 14 (and a sample of the others) is split like HF's Oniguruma does (letter / number / space / other).
 
     Covers the Unicode version gap (Python 3.11: 14.0, HF tokenizers: 16.0) closed by the runtime's table.
     """
@@ -267,7 +267,8 @@ def test_unicode_classes_match_hf_on_every_assigned_plane(ours: Tokenizer) -> No
     from lfmvl_site.synth.tokenizer_files import SPLIT_REGEX
 
     split = pre_tokenizers.Split(Regex(SPLIT_REGEX), behavior="isolated")
-    cps = [cp for cp in [*range(0x40000), *range(0xE0000, 0xE1000)] if not 0xD800 <= cp < 0xE000]
+    planes = [*range(0x40000), *range(0xE0000, 0xE1000), *range(0x40000, 0x110000, 61)]  # 0-3, 14, a sample of the rest
+    cps = [cp for cp in planes if not 0xD800 <= cp < 0xE000]
     bad = []
     for start in range(0, len(cps), 2048):
         chunk = cps[start : start + 2048]

@@ -117,7 +117,7 @@ class GraphBuilder:
     def save(self, onnx_path: Path) -> None:
         """Close the data file and write the model proto (IR 10, ai.onnx 21 + com.microsoft 1)."""
         self._data.close()
-        graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.initializer_list())
+        graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.initializers)
         model = helper.make_model(
             graph,
             opset_imports=[helper.make_opsetid(domain, version) for domain, version in OPSETS],
@@ -125,6 +125,3 @@ class GraphBuilder:
             producer_name="lfmvl-site synth",
         )
         onnx_path.write_bytes(model.SerializeToString())
-
-    def initializer_list(self) -> list[TensorProto]:
-        return self.initializers

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
 from .onnxbuild import GraphBuilder
 from .weights import PROJ, VT
@@ -151,7 +151,7 @@ class _Vision:
         w_al = g.op("Mul", [g.op("Div", [g.op("Add", [wmax, g.ints(f - 1)]), two]), two], name=f"{n}/w_aligned")
         canvas_shape = g.op("Concat", [batch, h_al, w_al, g.ints(vh)], axis=0, name=f"{n}/canvas_shape")
         canvas = g.op("ConstantOfShape", [canvas_shape], name=f"{n}/canvas",
-                      value=_zero_f32())
+                      value=helper.make_tensor("value", F32, [1], [0.0]))
         canvas = g.op("ScatterND", [canvas, idx, rows], name=f"{n}/ScatterND")
 
         # Pixel-unshuffle: channel order (row offset, col offset, c), as transformers' Lfm2VlMultiModalProjector.
@@ -178,12 +178,6 @@ class _Vision:
         hidden = self.cfg["text_config"]["hidden_size"]
         flat = g.op("Reshape", [y, g.ints(-1, hidden)], name=f"{n}/Reshape_tokens")
         g.op("Compress", [flat, valid], axis=0, outputs=["image_features"], name=f"{n}/Compress_tokens")
-
-
-def _zero_f32() -> Any:
-    from onnx import helper
-
-    return helper.make_tensor("value", TensorProto.FLOAT, [1], [0.0])
 
 
 def build_embed_images(weights: Mapping[str, np.ndarray], config: dict[str, Any], onnx_dir: Path) -> None:

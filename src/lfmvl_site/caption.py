@@ -47,9 +47,23 @@ def resolve_model_dir(model_dir: Path | None, repo_id: str | None, revision: str
             "No model given: pass --model-dir DIR (e.g. one made by `lfmvl-site synth-model DIR`) "
             "or --model LiquidAI/LFM2.5-VL-1.6B-ONNX."
         )
-    from .model.resolve import download_snapshot
+    return _download(repo_id, revision), dict(HUB_PRECISION)
 
-    return download_snapshot(repo_id, revision=revision, precision=HUB_PRECISION), dict(HUB_PRECISION)
+
+def _download(repo_id: str, revision: str | None) -> Path:
+    """Fetch (or reuse from the huggingface_hub cache) only the files ``caption`` runs."""
+    import onnx
+
+    from .model.resolve import CONFIG_FILES, REQUIRED_CONFIG_FILES, HubSource, external_locations, graph_relpath
+
+    source = HubSource(repo_id, revision, progress=True)
+    for name in CONFIG_FILES:
+        (source.require if name in REQUIRED_CONFIG_FILES else source.get)(name)
+    for role, precision in HUB_PRECISION.items():
+        graph = source.require(graph_relpath(role, precision))
+        for location in external_locations(onnx.load(str(graph), load_external_data=False)):
+            source.require(f"onnx/{location}")
+    return graph.parent.parent  # the snapshot folder: the published layout, as a local directory
 
 
 async def _caption(image: np.ndarray, model_dir: Path, precision: dict[str, str], prompt: str, stream: bool, settings: Any) -> Any:

@@ -15,9 +15,9 @@ import numpy as np
 
 from ..errors import Cancelled, ContractError
 from .backend import Backend, Session, TensorInfo
-from .modelconfig import TextModelConfig
+from .modelconfig import TextModelConfig, parse_json
 from .preprocess import ImageInputs, ProcessorConfig, preprocess
-from .prompt import build_prompt_ids
+from .prompt import build_prompt_ids, chat_template_text, template_tokens
 from .sampling import Sampler, SamplingSettings
 from .tokenizer import Tokenizer
 
@@ -146,6 +146,8 @@ class Captioner:
         processor_config: ProcessorConfig,
         tokenizer: Tokenizer,
         chat_template: str,
+        special_tokens: dict[str, str] | None = None,
+        image_special_tokens: bool = True,
     ) -> None:
         self.backend = backend
         self.embed_tokens = sessions["embed_tokens"]
@@ -155,6 +157,8 @@ class Captioner:
         self.processor_config = processor_config
         self.tokenizer = tokenizer
         self.chat_template = chat_template
+        self.special_tokens = special_tokens
+        self.image_special_tokens = image_special_tokens
         self._check_contract()
         self._cache_map = _cache_name_map(self.decoder)
         self._cache_info = {t.name: t for t in self.decoder.inputs if t.name in self._cache_map}
@@ -164,23 +168,32 @@ class Captioner:
     @classmethod
     async def load(cls, backend: Backend) -> "Captioner":
         """Read the configs and open the three graphs through ``backend``."""
-        config = await backend.read_text("config.json")
-        try:
-            generation = await backend.read_text("generation_config.json")
-        except FileNotFoundError:
-            generation = None
-        text_config = TextModelConfig.from_texts(config, generation)
-        from .modelconfig import parse_json
 
-        processor_config = ProcessorConfig.from_dict(
-            parse_json(await backend.read_text("processor_config.json"), "processor_config.json")
+        async def optional(relpath: str) -> str | None:
+            try:
+                return await backend.read_text(relpath)
+            except FileNotFoundError:
+                return None
+
+        text_config = TextModelConfig.from_texts(
+            await backend.read_text("config.json"), await optional("generation_config.json")
         )
+        processor = parse_json(await backend.read_text("processor_config.json"), "processor_config.json")
+        tokenizer_config_text = await optional("tokenizer_config.json")
+        tokenizer_config = parse_json(tokenizer_config_text, "tokenizer_config.json") if tokenizer_config_text else {}
         tokenizer = Tokenizer.from_json(await backend.read_text("tokenizer.json"))
-        template = await backend.read_text("chat_template.jinja")
-        sessions = {}
-        for role in ("embed_tokens", "embed_images", "decoder"):
-            sessions[role] = await backend.open_session(role)
-        return cls(backend, sessions, text_config, processor_config, tokenizer, template)
+        template = chat_template_text(await optional("chat_template.jinja"), tokenizer_config)
+        sessions = {role: await backend.open_session(role) for role in ("embed_tokens", "embed_images", "decoder")}
+        return cls(
+            backend,
+            sessions,
+            text_config,
+            ProcessorConfig.from_dict(processor),
+            tokenizer,
+            template,
+            template_tokens(tokenizer_config),
+            bool(processor.get("use_image_special_tokens", True)),
+        )
 
     def _check_contract(self) -> None:
         _require(self.embed_tokens, "embed_tokens", ["input_ids"])
@@ -192,7 +205,14 @@ class Captioner:
     # -- stages -------------------------------------------------------------------------
 
     def prompt_ids(self, prompt: str, image_inputs: ImageInputs) -> list[int]:
-        return build_prompt_ids(self.tokenizer, self.chat_template, prompt, image_inputs.layouts)
+        return build_prompt_ids(
+            self.tokenizer,
+            self.chat_template,
+            prompt,
+            image_inputs.layouts,
+            special_tokens=self.special_tokens,
+            image_special_tokens=self.image_special_tokens,
+        )
 
     async def embed(self, ids: Sequence[int]) -> np.ndarray:
         feeds = {"input_ids": np.asarray([ids], dtype=np.int64)}

@@ -102,14 +102,20 @@ class NativeBackend(Backend):
         path = self.graph_path(graph)
         if not path.is_file():
             raise ModelFileError(f"{path} is missing; the model directory is incomplete (re-download or rebuild it).")
+        ort.set_default_logger_severity(4)  # errors reach the user as one line below, not as ORT's log
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4
         if self.threads:
             options.intra_op_num_threads = self.threads
         try:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/RuntimeException types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if "out of bounds" in first or "can not be read in full" in first:
+                raise ModelFileError(
+                    f"{path.name}'s external data ({path.stem}.onnx_data*) is truncated: a tensor ends past the end "
+                    "of the file. Delete the model files and download or rebuild them."
+                ) from None
             raise ModelFileError(
                 f"{path} could not be loaded ({first[:300]}); the file or its .onnx_data may be truncated or "
                 "corrupt: delete it and download or rebuild the model."

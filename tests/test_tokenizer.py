@@ -277,3 +277,23 @@ def test_unicode_classes_match_hf_on_every_assigned_plane(ours: Tokenizer) -> No
         if ours._split.findall(text) != [p for p, _ in split.pre_tokenize_str(text)]:
             bad.append(f"U+{chunk[0]:04X}..U+{chunk[-1]:04X}")
     assert not bad, bad[:20]
+
+
+@pytest.mark.parametrize("size", [768, 1024, 2000])
+def test_written_files_are_deterministic_and_sized(tmp_path: Path, size: int) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert write_tokenizer_files(a, vocab_size=size) == size
+    write_tokenizer_files(b, vocab_size=size)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+    hf = hf_tokenizers.Tokenizer.from_file(str(a / "tokenizer.json"))
+    assert hf.get_vocab_size() == size
+    assert [hf.token_to_id(t) for t in ("<|pad|>", "<|startoftext|>", "<|im_end|>", "<image>", "<|image_end|>")] == [0, 1, 7, 396, 499]
+    assert hf.token_to_id("</think>") == size - 1
+
+
+def test_too_small_vocab_size_is_refused(tmp_path: Path) -> None:
+    from lfmvl_site.errors import InputError
+
+    with pytest.raises(InputError, match="too small"):
+        write_tokenizer_files(tmp_path, vocab_size=700)

@@ -169,7 +169,7 @@ def _segments(rendered: str, fills: Mapping[str, str]) -> list[tuple[str, bool]]
 def _ids_from_segments(tokenizer: Tokenizer, parts: list[tuple[str, bool]]) -> list[int]:
     """Encode segments: specials are recognised only in template text; plain runs are encoded whole."""
     specials = tokenizer.special_tokens
-    finder = re.compile("|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True)))
+    finder = tokenizer.special_pattern()
     ids: list[int] = []
     run: list[str] = []
     for text, is_user in parts:

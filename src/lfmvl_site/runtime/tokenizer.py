@@ -249,6 +249,7 @@ class Tokenizer:
         self._plain_split = (
             re.compile("|".join(re.escape(t) for t in sorted(plain, key=len, reverse=True))) if plain else None
         )
+        self._special_re: re.Pattern[str] | None = None
         self._cache: dict[str, tuple[int, ...]] = {}
         self._id_bytes: dict[int, bytes] = {}
 
@@ -277,6 +278,13 @@ class Tokenizer:
     def special_tokens(self) -> dict[str, int]:
         """Special added tokens, content → id (a copy)."""
         return dict(self._special)
+
+    def special_pattern(self) -> re.Pattern[str]:
+        """A compiled regex matching any special token's spelling, longest first (built once)."""
+        if self._special_re is None:
+            alts = "|".join(re.escape(t) for t in sorted(self._special, key=len, reverse=True))
+            self._special_re = re.compile(alts or "(?!)")
+        return self._special_re
 
     def token_to_id(self, token: str) -> int | None:
         """The id of a token string (added tokens included), or None."""
@@ -315,7 +323,7 @@ class Tokenizer:
     def _split_added(self, text: str, allow_special: bool) -> Iterable[tuple[str, int | None]]:
         """Yield (text, None) for ordinary runs and (content, id) for added tokens found in ``text``."""
         if allow_special and self._special:
-            pattern = re.compile("|".join(re.escape(t) for t in sorted(self._special, key=len, reverse=True)))
+            pattern = self.special_pattern()
             pos = 0
             for m in pattern.finditer(text):
                 yield from self._split_plain(text[pos : m.start()])

@@ -24,6 +24,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from ..errors import InputError
+
 __all__ = [
     "SPLIT_REGEX",
     "DEFAULT_VOCAB_SIZE",
@@ -190,7 +192,7 @@ def _learn_merges(n_tokens: int, byte_map: dict[int, str]) -> tuple[list[tuple[s
             if c > 0 and (best is None or c > pairs[best] or (c == pairs[best] and p < best)):
                 best = p
         if best is None:
-            raise ValueError(f"the embedded corpus supports at most {len(new_tokens)} merged tokens; use a smaller vocab_size")
+            raise InputError(f"the tiny tokenizer's corpus supports at most {len(new_tokens)} merged tokens; use a smaller vocab_size")
         merged = best[0] + best[1]
         merges.append(best)
         if merged not in known:
@@ -220,7 +222,7 @@ def _tokenizer_json(vocab_size: int) -> dict:
     byte_map = bytes_to_unicode()
     n_fixed = _FIRST_BYTE_ID + 256 + len(_NON_SPECIAL_ADDED) + len(_HIGH_SPECIALS)
     if vocab_size < n_fixed + 1:
-        raise ValueError(f"vocab_size {vocab_size} is too small: the tokenizer needs at least {n_fixed + 1} entries")
+        raise InputError(f"vocab_size {vocab_size} is too small: the tokenizer needs at least {n_fixed + 1} entries; pick a larger one")
     merges, merged = _learn_merges(vocab_size - n_fixed, byte_map)
     vocab: dict[str, int] = {_low_token(i): i for i in range(_FIRST_BYTE_ID)}
     for tok in [*byte_map.values(), *merged, *_NON_SPECIAL_ADDED, *_HIGH_SPECIALS]:

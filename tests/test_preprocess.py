@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from lfmvl_site.errors import ContractError, InputError
-from lfmvl_site.runtime.preprocess import ImageLayout, ProcessorConfig, preprocess, target_ratios
+from lfmvl_site.runtime.preprocess import ImageLayout, ProcessorConfig, preprocess, resize_uint8, target_ratios
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -320,3 +320,31 @@ def test_normalization_variants(overrides, processor_json, tiny_model_dir, max_d
     diff = float(np.abs(ours.pixel_values - ref["pixel_values"].numpy()).max())
     max_diff_seen.append(diff)
     assert diff <= step * (1 + 1e-5)
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "oh", "ow", "resample"),
+    [
+        (480, 640, 416, 576, 2),
+        (1080, 1920, 1024, 2048, 2),
+        (1080, 1920, 384, 672, 3),
+        (1, 1, 32, 32, 2),
+        (7, 10000, 32, 1024, 2),
+        (700, 300, 700, 77, 2),  # width only
+        (300, 700, 33, 700, 3),  # height only
+    ],
+)
+def test_resize_matches_torchvision(h, w, oh, ow, resample):
+    """The resize alone vs torchvision on uint8. PyTorch's fixed-point kernel (AVX2/AVX512/Arm CPUs) is matched
+    exactly; elsewhere torchvision resizes in float and one uint8 step is allowed."""
+    from torchvision.transforms.v2 import functional as tvF
+
+    mode = {2: tvF.InterpolationMode.BILINEAR, 3: tvF.InterpolationMode.BICUBIC}[resample]
+    img = np.random.default_rng(h + w).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    ref = tvF.resize(torch.from_numpy(img).permute(2, 0, 1), [oh, ow], interpolation=mode, antialias=True)
+    ref = ref.permute(1, 2, 0).numpy().astype(np.int16)
+    ours = resize_uint8(img, oh, ow, resample).astype(np.int16)
+    assert ours.shape == ref.shape
+    assert np.abs(ours - ref).max() <= 1
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        np.testing.assert_array_equal(ours, ref)

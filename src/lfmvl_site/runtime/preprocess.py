@@ -390,26 +390,32 @@ def _resample_axis(img: np.ndarray, axis: int, out_size: int, resample: int) -> 
     the output (K = taps per output pixel: 2-3 when enlarging, about 2*scale+1 when shrinking).
     """
     idx, fixed, precision = _taps(img.shape[axis], out_size, resample)
-    shape = list(img.shape)
-    shape[axis] = out_size
-    shape = tuple(shape)
-    wshape = (out_size, 1, 1) if axis == 0 else (1, out_size, 1)
+    h, w, c = img.shape
+    shape = (out_size, w, c) if axis == 0 else (h, out_size, c)
     rows = np.empty(shape, dtype=np.uint8)
     src, dst = (img, rows) if axis == 0 else (_pixels(img), _pixels(rows))
-    acc = np.empty(shape, dtype=np.int32)
-    tmp = np.empty(shape, dtype=np.int32)
+    # Work on 2-D views whose last axis is long, so each ufunc call runs long inner loops: per-row weights
+    # broadcast down a column for the height pass; per-pixel weights repeated over the channels for the width pass.
+    flat = (out_size, w * c) if axis == 0 else (h, out_size * c)
+    weights = fixed[:, :, None] if axis == 0 else np.repeat(fixed, c, axis=1)[:, None, :]
+    rows2 = rows.reshape(flat)
+    acc = np.empty(flat, dtype=np.int32)
+    tmp = np.empty(flat, dtype=np.int32)
     for k in range(fixed.shape[0]):
+        used = np.flatnonzero(fixed[k])
+        if axis == 0 and k > 0 and 2 * used.size < out_size:  # a tap few output rows reach (edge of the support)
+            acc[used] += img[idx[k, used]].reshape(used.size, w * c) * weights[k, used]
+            continue
         np.take(src, idx[k], axis=axis, out=dst)
-        weights = fixed[k].reshape(wshape)
         if k == 0:
-            np.multiply(rows, weights, out=acc)
+            np.multiply(rows2, weights[k], out=acc)
         else:
-            np.multiply(rows, weights, out=tmp)
+            np.multiply(rows2, weights[k], out=tmp)
             acc += tmp
     acc += 1 << (precision - 1)  # rounding constant (PyTorch starts the sum with it; integer sums commute)
     acc >>= precision  # arithmetic shift = floor, as _mm_srai_epi32
     np.clip(acc, 0, 255, out=acc)
-    return acc.astype(np.uint8)
+    return acc.astype(np.uint8).reshape(shape)
 
 
 def resize_uint8(img: np.ndarray, out_h: int, out_w: int, resample: int = 2) -> np.ndarray:

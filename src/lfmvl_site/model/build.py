@@ -103,6 +103,7 @@ def _make_variants(source: Source, options: ModelBuildOptions, text_cfg: dict[st
                 made_from = base
             else:
                 contract.check_model(role, model, file=rel, **check_kw)
+            log.info("%s: %s from %s", rel, "making" if made_from != rel else "optimizing", made_from)
             v = _Variant(role, precision, model, made_from=made_from)
             _convert(v, options, converting=made_from != rel, progress=progress)
             contract.check_model(role, v.model, file=f"{rel} (built)", **check_kw)
@@ -169,6 +170,8 @@ def _write(dest: Path, options: ModelBuildOptions, source: Source, variants: lis
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
         _swap_into_place(staging, dest)
+        log.info("wrote %s (%d files, %.1f MB)", dest, len(manifest["files"]) + 1,
+                 sum(f["size"] for f in manifest["files"]) / 1e6)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -38,9 +38,16 @@ CORPUS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="module", params=[None, 1024], ids=["default-vocab", "tiny-model-vocab"])
+def tok_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("tok")
+    write_tokenizer_files(d, vocab_size=request.param)
+    return d
+
+
+@pytest.fixture(scope="module")
+def default_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("tok_default")
     write_tokenizer_files(d)
     return d
 
@@ -235,9 +242,9 @@ def _big_tokenizer_json(small: Path, n_merges: int, seed: int) -> str:
 
 
 @pytest.mark.slow
-def test_real_sized_tokenizer_loads_and_encodes_fast(tok_dir: Path, tmp_path: Path) -> None:
+def test_real_sized_tokenizer_loads_and_encodes_fast(default_dir: Path, tmp_path: Path) -> None:
     """A 65k-entry tokenizer.json: same ids as HF, loaded and encoding a prompt well within budget."""
-    text = _big_tokenizer_json(tok_dir / "tokenizer.json", n_merges=65_536 - 767, seed=5)
+    text = _big_tokenizer_json(default_dir / "tokenizer.json", n_merges=65_536 - 767, seed=5)
     plain = json.loads(text)
     plain["added_tokens"] = [t for t in plain["added_tokens"] if not t["special"]]
     path = tmp_path / "tokenizer.json"
@@ -257,7 +264,8 @@ def test_real_sized_tokenizer_loads_and_encodes_fast(tok_dir: Path, tmp_path: Pa
     assert encode_s < 5.0
 
 
-def test_unicode_classes_match_hf_on_every_assigned_plane(ours: Tokenizer) -> None:
+@pytest.mark.slow
+def test_unicode_classes_match_hf_on_every_assigned_plane(default_dir: Path) -> None:
     """Each code point of planes 0-3 and 14 (and a sample of the others) is split like HF's Oniguruma does (letter / number / space / other).
 
     Covers the Unicode version gap (Python 3.11: 14.0, HF tokenizers: 16.0) closed by the runtime's table.
@@ -266,6 +274,7 @@ def test_unicode_classes_match_hf_on_every_assigned_plane(ours: Tokenizer) -> No
 
     from lfmvl_site.synth.tokenizer_files import SPLIT_REGEX
 
+    ours = Tokenizer.from_json((default_dir / "tokenizer.json").read_text(encoding="utf-8"))
     split = pre_tokenizers.Split(Regex(SPLIT_REGEX), behavior="isolated")
     planes = [*range(0x40000), *range(0xE0000, 0xE1000), *range(0x40000, 0x110000, 61)]  # 0-3, 14, a sample of the rest
     cps = [cp for cp in planes if not 0xD800 <= cp < 0xE000]

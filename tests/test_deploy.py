@@ -97,14 +97,33 @@ def make_site(root: Path) -> dict:
     return manifest
 
 
-@pytest.fixture(scope="module")
-def site() -> Iterator[Path]:
-    """A world-readable site dir (Apache and nginx workers drop root and must read it)."""
+def build_tiny_site(root: Path) -> dict:
+    """`lfmvl-site build --synthetic` (the tiny model), with the offline Pyodide mirror when there is one."""
+    from click.testing import CliRunner
+
+    from lfmvl_site.cli import main
+
+    args = ["build", "--synthetic", "--out", str(root)]
+    mirror = os.environ.get("LFMVL_PYODIDE_DIR") or Path(__file__).resolve().parents[2].parent / "shared/pyodide/0.27.7"
+    if Path(mirror).is_dir():
+        args += ["--pyodide-dir", str(mirror)]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads((root / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module", params=["fake", "built"])
+def site(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A world-readable site dir (Apache and nginx workers drop root and must read it): a small fake with
+    every file type, or the real tiny-model build."""
     tmp = Path(tempfile.mkdtemp(prefix="lfmvl-deploy-"))
     try:
         root = tmp / "site"
-        root.mkdir()
-        manifest = make_site(root)
+        if request.param == "fake":
+            root.mkdir()
+            manifest = make_site(root)
+        else:
+            manifest = build_tiny_site(root)
         written = write_deploy_configs(root, manifest)
         assert all(p.is_file() for p in written)
         for p in [tmp, *tmp.rglob("*")]:
@@ -173,7 +192,8 @@ def check_served(port: int, site: Path) -> None:
         assert h.get_content_type() == expected_type(rel), (url, h.get("content-type"))
         assert h.get_all("cache-control") == [expected_cache(url)], (url, h.get_all("cache-control"))
 
-    shard = "model/onnx/decoder_q4.onnx_data_1"
+    shards = [f for f in manifest["files"] if re.search(r"\.onnx_data(_\d+)?$", f["path"])]
+    shard = max(shards, key=lambda f: f["size"])["path"]
     data = (site / shard).read_bytes()
     size = len(data)
     status, h, body = request(port, "/" + shard, headers={"Range": "bytes=100-1099"})
@@ -185,7 +205,7 @@ def check_served(port: int, site: Path) -> None:
     status, h, _ = request(port, "/" + shard, headers={"Range": f"bytes={size + 10}-"})
     # RFC 9110 says a 416 SHOULD carry Content-Range; Apache omits it, so only its value is checked
     assert status == 416 and h.get("content-range") in (None, f"bytes */{size}")
-    status, _, _ = request(port, "/pyodide/")  # a directory without index.html: no listing
+    status, _, _ = request(port, "/model/")  # a directory without index.html: no listing
     assert status in (403, 404)
 
 
@@ -285,10 +305,10 @@ def test_hf_space_command(site: Path, tmp_path: Path) -> None:
         # refused: traversal (plain and encoded) and absolute paths; conditional GET
         for bad in ("/../site/index.html", "/%2e%2e/%2e%2e/etc/passwd", "//etc/passwd", "/model/..%2f..%2f..%2fetc/passwd"):
             assert request(port, bad)[0] == 404, bad
-        _, h, _ = request(port, "/app.mjs")
-        assert request(port, "/app.mjs", headers={"If-None-Match": h["etag"]})[0] == 304
-        status, h, body = request(port, "/app.mjs", method="HEAD")
-        assert status == 200 and body == b"" and int(h["content-length"]) == len(FAKE_FILES["app.mjs"])
+        _, h, _ = request(port, "/index.html")
+        assert request(port, "/index.html", headers={"If-None-Match": h["etag"]})[0] == 304
+        status, h, body = request(port, "/index.html", method="HEAD")
+        assert status == 200 and body == b"" and int(h["content-length"]) == (site / "index.html").stat().st_size
 
 
 # ---------------------------------------------------------------- hosts evaluated from their config files

@@ -318,7 +318,7 @@ class Captioner:
         caches: dict[str, Any] = {name: _empty_cache(info) for name, info in self._cache_info.items()}
         seen = list(prompt_ids)
         generated: list[int] = []
-        text = ""
+        stream = self.tokenizer.stream_decoder()
         stop_reason = "length"
         length = len(prompt_ids)
         step_input = embeds
@@ -354,16 +354,14 @@ class Captioner:
                     break
                 generated.append(token)
                 seen.append(token)
-                new_text = self.tokenizer.decode(generated)
-                # Hold back a partial UTF-8 sequence until the next token completes it.
-                if not new_text.endswith("\ufffd") and new_text.startswith(text):
-                    piece, text = new_text[len(text):], new_text
-                    if on_token is not None:
-                        on_token(token, piece)
+                piece = stream.push(token)
+                if on_token is not None:
+                    on_token(token, piece)
                 cancel.check()
         finally:
             self.decoder.release(v for v in caches.values() if not isinstance(v, np.ndarray))
+        tail = stream.flush()
+        if on_token is not None and tail:
+            on_token(-1, tail)  # bytes of a character the last token left incomplete
         final = self.tokenizer.decode(generated)
-        if on_token is not None and final != text and final.startswith(text):
-            on_token(-1, final[len(text):])  # flush a held-back tail
         return CaptionResult(final, generated, list(prompt_ids), stop_reason, t)

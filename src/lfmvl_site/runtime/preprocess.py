@@ -378,39 +378,49 @@ def _taps(in_size: int, out_size: int, resample: int) -> tuple[np.ndarray, np.nd
     return idx.astype(np.intp), fixed, precision
 
 
-def _pixels(a: np.ndarray) -> np.ndarray:
-    """View a C-contiguous uint8 [H, W, C] array as [H, W] of C-byte items, so a column gather moves whole pixels."""
-    return a.view(np.dtype((np.void, a.shape[2]))).reshape(a.shape[:2])
+@lru_cache(maxsize=64)
+def _byte_taps(in_size: int, out_size: int, resample: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Width-pass taps at byte level for a [H, W*C] view: indices [K, out*C] and weights [K, out*C]."""
+    idx, fixed, _ = _taps(in_size, out_size, resample)
+    chan = np.arange(channels, dtype=np.intp)
+    byte_idx = (idx[:, :, None] * channels + chan).reshape(idx.shape[0], -1)
+    return byte_idx, np.repeat(fixed, channels, axis=1)
 
 
 def _resample_axis(img: np.ndarray, axis: int, out_size: int, resample: int) -> np.ndarray:
     """Resize axis 0 (rows) or 1 (columns) of a C-contiguous uint8 [H, W, C] array (fixed point, round, clamp).
 
-    Each tap is one gather of whole rows or whole pixels plus one multiply-add, so the cost is ~K passes over
-    the output (K = taps per output pixel: 2-3 when enlarging, about 2*scale+1 when shrinking).
+    Each tap is one gather plus one multiply-add over the output, so the cost is ~K passes over it (K = taps per
+    output pixel: 2-3 when enlarging, about 2*scale+1 when shrinking). Everything runs on 2-D views with a long
+    last axis so each ufunc call has long inner loops. Gathers: ``np.take`` of whole rows for the height pass;
+    fancy indexing with byte indices for the width pass (the fastest column gather in Pyodide's numpy, where
+    ``np.take`` along axis 1 is ~10x slower).
     """
     idx, fixed, precision = _taps(img.shape[axis], out_size, resample)
     h, w, c = img.shape
-    shape = (out_size, w, c) if axis == 0 else (h, out_size, c)
-    rows = np.empty(shape, dtype=np.uint8)
-    src, dst = (img, rows) if axis == 0 else (_pixels(img), _pixels(rows))
-    # Work on 2-D views whose last axis is long, so each ufunc call runs long inner loops: per-row weights
-    # broadcast down a column for the height pass; per-pixel weights repeated over the channels for the width pass.
-    flat = (out_size, w * c) if axis == 0 else (h, out_size * c)
-    weights = fixed[:, :, None] if axis == 0 else np.repeat(fixed, c, axis=1)[:, None, :]
-    rows2 = rows.reshape(flat)
+    if axis == 0:
+        shape, flat = (out_size, w, c), (out_size, w * c)
+        weights = fixed[:, :, None]
+        src = img.reshape(h, w * c)
+    else:
+        shape, flat = (h, out_size, c), (h, out_size * c)
+        idx, weights = _byte_taps(w, out_size, resample, c)
+        src = img.reshape(h, w * c)
     acc = np.empty(flat, dtype=np.int32)
     tmp = np.empty(flat, dtype=np.int32)
     for k in range(fixed.shape[0]):
-        used = np.flatnonzero(fixed[k])
-        if axis == 0 and k > 0 and 2 * used.size < out_size:  # a tap few output rows reach (edge of the support)
-            acc[used] += img[idx[k, used]].reshape(used.size, w * c) * weights[k, used]
-            continue
-        np.take(src, idx[k], axis=axis, out=dst)
-        if k == 0:
-            np.multiply(rows2, weights[k], out=acc)
+        if axis == 0:
+            used = np.flatnonzero(fixed[k])
+            if k > 0 and 2 * used.size < out_size:  # a tap few output rows reach (edge of the support)
+                acc[used] += src[idx[k, used]] * weights[k, used]
+                continue
+            rows = np.take(src, idx[k], axis=0)
         else:
-            np.multiply(rows2, weights[k], out=tmp)
+            rows = src[:, idx[k]]
+        if k == 0:
+            np.multiply(rows, weights[k], out=acc)
+        else:
+            np.multiply(rows, weights[k], out=tmp)
             acc += tmp
     acc += 1 << (precision - 1)  # rounding constant (PyTorch starts the sum with it; integer sums commute)
     acc >>= precision  # arithmetic shift = floor, as _mm_srai_epi32

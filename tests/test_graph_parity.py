@@ -13,23 +13,14 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 ort = pytest.importorskip("onnxruntime")
 
-from lfmvl_site.synth import make_weights  # noqa: E402
 
 TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def hf_model(tiny_model_dir: Path) -> Any:
-    config = transformers.Lfm2VlConfig.from_pretrained(tiny_model_dir)
-    for c in (config, config.text_config, config.vision_config):
-        c._attn_implementation = "eager"
-    model = transformers.Lfm2VlForConditionalGeneration(config).to(torch.float32).eval()
-    weights = make_weights(json.loads((tiny_model_dir / "config.json").read_text()), seed=0)
-    missing, unexpected = model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=False)
-    # lm_head is tied to the embedding, so the only key the weight dict leaves out is lm_head.weight.
-    assert list(missing) == ["lm_head.weight"] and list(unexpected) == []
-    assert model.lm_head.weight.data_ptr() == model.model.language_model.embed_tokens.weight.data_ptr()
-    return model
+def hf_model(hf_tiny_model: Any) -> Any:
+    assert hf_tiny_model.lm_head.weight.data_ptr() == hf_tiny_model.model.language_model.embed_tokens.weight.data_ptr()
+    return hf_tiny_model
 
 
 @pytest.fixture(scope="module")

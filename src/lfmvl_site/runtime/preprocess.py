@@ -18,9 +18,14 @@ Reference: transformers 5.24 ``models/lfm2_vl/image_processing_lfm2_vl.py`` (the
    Bilinear (``resample`` 2, triangle filter) and bicubic (3, Keys a = -0.5) are supported; others are refused.
 5. ``(x - mean*255) / (std*255)`` in float32 (transformers' fused rescale+normalize), 16x16 patches flattened
    HWC (768 floats), zero-padded to ``max_num_patches``; mask 1 for real patches; spatial_shapes in patches.
+   Deviation: when an extreme aspect ratio (10000x3) yields more patches than ``max_num_patches``, transformers
+   returns unpadded patches with a mismatched 1024-long mask; we pad to the longest item with a matching mask.
+6. ``ImageLayout`` per image for the prompt's placeholder expansion (see its docstring for rows/cols).
 
 Resizes are gathers over a few taps per output pixel with cached tap tables (a webcam repeats one size), so the
-cost is linear in the image size; no per-pixel Python loops. Runs unchanged in CPython and Pyodide.
+cost is linear in the image size; no per-pixel Python loops. Dense weight-matrix matmuls were rejected: they cost
+in x out per line and float32 cannot hold the fixed-point sums exactly. Output is bit-identical in CPython and
+Pyodide (same integer arithmetic), and equal to transformers on AVX2/AVX512/Arm CPUs.
 """
 
 from __future__ import annotations
@@ -128,9 +133,6 @@ class ProcessorConfig:
                 "processor_config.json: do_pad=false is not supported; the vision graph needs padded patches "
                 "and pixel_attention_mask. Set do_pad to true."
             )
-        if inner.get("do_resize", True) is False:
-            # transformers forces do_resize=True for this processor; follow it silently.
-            pass
         default = cls()
         cfg = cls(
             do_image_splitting=_as_bool(inner, "do_image_splitting", default.do_image_splitting),

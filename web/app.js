@@ -2,6 +2,10 @@
 
 const settings = JSON.parse(document.getElementById("settings").textContent);
 const params = new URLSearchParams(location.search);
+// URL overrides, handy for links and tests: ?device=wasm&tokens=8&prompt=...&size=256&autostart
+if (params.has("tokens")) settings.max_new_tokens = Number(params.get("tokens")) || settings.max_new_tokens;
+if (params.has("prompt")) settings.default_prompt = params.get("prompt");
+if (params.has("size")) settings.frame_size = Number(params.get("size"));
 const $ = (id) => document.getElementById(id);
 
 const state = {

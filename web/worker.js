@@ -6,7 +6,7 @@
 //               {type:"frame", id, bitmap (ImageBitmap, transferred)}  -- at most one in flight; extras dropped
 //               {type:"prompt", prompt} / {type:"options", options}     -- a prompt change cancels the caption
 //               {type:"lastFrame"}                                       -- the pixels of the last captioned frame
-// Messages out: status, progress, ready, token, caption, dropped, error, log, lastFrame
+// Messages out: status, device, progress, ready, token, caption, dropped, error, lastFrame
 
 import { loadPyodide } from "./pyodide/pyodide.mjs";
 import * as ort from "./ort/ort.webgpu.min.mjs";
@@ -20,17 +20,6 @@ let canvas = null;
 let ctx = null;
 
 const post = (msg, transfer) => self.postMessage(msg, transfer || []);
-
-// Forward console output (onnxruntime-web's verbose log included) to the page when asked to.
-function forwardConsole() {
-  for (const level of ["log", "info", "warn", "error", "debug"]) {
-    const orig = console[level].bind(console);
-    console[level] = (...args) => {
-      orig(...args);
-      try { post({ type: "log", level, text: args.map(String).join(" ") }); } catch { /* ignore */ }
-    };
-  }
-}
 
 // Streams a file and reports bytes as they arrive; returns a Uint8Array.
 async function fetchBytes(url, label) {
@@ -95,7 +84,6 @@ async function init(msg) {
   const t0 = performance.now();
   const s = msg.settings;
   const base = new URL("./", import.meta.url).href;
-  if (msg.verbose) forwardConsole();
 
   post({ type: "status", text: "Choosing a backend…" });
   const dev = await chooseDevice(msg.device || "auto");

@@ -131,7 +131,9 @@ class BrowserSession(Session):
                 made.append(t)
                 setattr(js_feeds, name, t)
         wanted = list(dict.fromkeys([*read, *keep]))
-        results = await self._s.run(js_feeds, to_js(wanted))
+        # Per-run logging stays at warnings even when the session logs verbosely (placement at load).
+        run_options = to_js({"logSeverityLevel": 2}, dict_converter=js.Object.fromEntries)
+        results = await self._s.run(js_feeds, to_js(wanted), run_options)
         out: dict[str, Any] = {}
         for name in wanted:
             t = getattr(results, name)

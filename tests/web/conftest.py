@@ -1,0 +1,143 @@
+"""Browser-test fixtures: one built tiny-model site, its server, Debian's Chromium through Playwright."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "tests" / "artifacts"
+CHROMIUM = os.environ.get("LFMVL_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+BASE_ARGS = [
+    "--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]
+WEBGPU_ARGS = ["--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader"]
+
+
+def pyodide_mirror() -> Path | None:
+    """The offline Pyodide mirror: $LFMVL_PYODIDE_DIR, else ../shared/pyodide/0.27.7 beside the clone."""
+    env = os.environ.get("LFMVL_PYODIDE_DIR")
+    if env:
+        return Path(env)
+    candidate = REPO.parent / "shared" / "pyodide" / "0.27.7"
+    return candidate if candidate.is_dir() else None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if Path(CHROMIUM).is_file():
+        return
+    skip = pytest.mark.skip(reason=f"Chromium not found at {CHROMIUM} (scripts/setup-test.sh installs Debian's chromium)")
+    for item in items:
+        if "browser" in item.keywords:
+            item.add_marker(skip)
+
+
+def write_y4m(path: Path, frame_rgb: np.ndarray, frames: int = 2) -> Path:
+    """A y4m (4:2:0, BT.601 full range) video of ``frames`` copies of one RGB frame: the fake camera's input."""
+    rgb = frame_rgb.astype(np.float64)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    u = (b - y) * 0.564 + 128
+    v = (r - y) * 0.713 + 128
+    h, w = y.shape
+
+    def sub(c: np.ndarray) -> np.ndarray:
+        return c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+
+    planes = [np.clip(np.rint(p), 0, 255).astype(np.uint8) for p in (y, sub(u), sub(v))]
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F30:1 Ip A1:1 C420jpeg\n".encode())
+        for _ in range(frames):
+            f.write(b"FRAME\n")
+            for p in planes:
+                f.write(p.tobytes())
+    return path
+
+
+def camera_frame(height: int = 240, width: int = 320) -> np.ndarray:
+    """A known, structured test picture (gradients and blocks)."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    img = np.zeros((height, width, 3), np.uint8)
+    img[..., 0] = (xx * 255) // (width - 1)
+    img[..., 1] = (yy * 255) // (height - 1)
+    img[..., 2] = np.where(((xx // 40) + (yy // 40)) % 2 == 0, 200, 40)
+    return img
+
+
+# The token-equality site: fp32 compute everywhere (onnxruntime-web and native onnxruntime then agree to
+# ~1e-6), but embed_tokens prefers fp16, so a WebGPU adapter without shader-f16 must pick the fp32
+# variant by itself. (q4 graphs are built with accuracy_level 4: native onnxruntime quantizes activations
+# to int8 there, onnxruntime-web does not, so q4 tokens may legitimately differ between the two.)
+EXACT_PRESET = ["--vision", "fp32", "--decoder", "fp32", "--embed-tokens", "fp16", "--no-q4-lm-head"]
+
+
+def build_site_cli(out: Path, *extra: str) -> Path:
+    from click.testing import CliRunner
+
+    from lfmvl_site.cli import main
+
+    args = ["build", "--synthetic", "--out", str(out), *extra]
+    mirror = pyodide_mirror()
+    if mirror is not None:
+        args += ["--pyodide-dir", str(mirror)]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def serve_in_thread(root: Path) -> Iterator[str]:
+    from lfmvl_site.serve import make_server
+
+    server = make_server(root, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="session")
+def built_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``lfmvl-site build --synthetic`` (exact preset) once per session."""
+    return build_site_cli(tmp_path_factory.mktemp("site") / "dist", *EXACT_PRESET)
+
+
+@pytest.fixture(scope="session")
+def site_url(built_site: Path) -> Iterator[str]:
+    yield from serve_in_thread(built_site)
+
+
+@pytest.fixture(scope="session")
+def default_site_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The default preset (fp16 preferred, q4 decoder), as users get it."""
+    yield from serve_in_thread(build_site_cli(tmp_path_factory.mktemp("site-default") / "dist"))
+
+
+@pytest.fixture(scope="session")
+def camera_y4m(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_y4m(tmp_path_factory.mktemp("cam") / "camera.y4m", camera_frame())
+
+
+@pytest.fixture(scope="session")
+def playwright_instance() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        yield p
+
+
+def launch(playwright: object, *args: str, fake_camera: Path | None = None, grant_camera: bool = True) -> object:
+    """Headless Chromium with the closed-network flags and, optionally, a fake camera fed ``fake_camera``."""
+    extra = list(args)
+    if fake_camera is not None:
+        extra += ["--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={fake_camera}"]
+        if grant_camera:
+            extra.append("--use-fake-ui-for-media-stream")
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=BASE_ARGS + extra)  # type: ignore[attr-defined]

@@ -1,0 +1,199 @@
+"""The built page in a real headless Chromium (Debian's), driven by Playwright.
+
+The in-page caption (Python runtime in Pyodide → onnxruntime-web) is checked
+against native onnxruntime on the exact pixels the page captioned: the page
+hands back the RGBA frame it fed to Python, the test writes it to a PNG and runs
+``lfmvl-site caption`` (wasm: same variants) or the native runtime with the
+variants the page chose (WebGPU).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from .conftest import ARTIFACTS, WEBGPU_ARGS, launch
+
+pytestmark = pytest.mark.browser
+
+PROMPT = "Describe this image."
+TOKENS = 8
+# Ops the WebGPU EP may leave on the CPU: int64 shape/index arithmetic (the EP has no int64 kernels) and
+# Compress (no WebGPU kernel; it only selects rows). Anything else on the CPU is a compute op that must not be.
+CPU_ALLOWED = {
+    "Add", "Sub", "Mul", "Div", "Mod", "Cast", "Clip", "Concat", "Equal", "Gather", "Greater", "Less",
+    "LessOrEqual", "Range", "ReduceSum", "ReduceMax", "Reshape", "Shape", "Slice", "Squeeze", "Unsqueeze",
+    "Transpose", "Expand", "ConstantOfShape", "Where", "Compress",
+}
+
+
+def _open(browser: Any, url: str, console: list[str] | None = None) -> Any:
+    page = browser.new_page()
+    if console is not None:
+        page.on("console", lambda m: console.append(m.text))
+    page.goto(url)
+    return page
+
+
+def _wait_caption(page: Any, timeout_s: float) -> dict[str, Any]:
+    page.wait_for_function("() => window.lfmvl && window.lfmvl.state.captions.length > 0", timeout=timeout_s * 1000)
+    return page.evaluate("() => window.lfmvl.state.captions[0]")
+
+
+def _page_frame(page: Any, tmp_path: Path) -> tuple[np.ndarray, Path]:
+    """The RGBA pixels the page captioned, and a lossless PNG of them."""
+    from PIL import Image
+
+    frame = page.evaluate(
+        "async () => { const f = await window.lfmvl.lastFrame();"
+        " return {w: f.width, h: f.height, data: Array.from(f.data)}; }"
+    )
+    rgba = np.asarray(frame["data"], dtype=np.uint8).reshape(frame["h"], frame["w"], 4)
+    path = tmp_path / "frame.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    return rgba, path
+
+
+def _native_cli(png: Path, model_dir: Path) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "lfmvl_site.cli", "caption", str(png), "--model-dir", str(model_dir),
+         "--prompt", PROMPT, "--max-new-tokens", str(TOKENS), "--json"],
+        capture_output=True, text=True, check=True, timeout=300,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _native_runtime(rgba: np.ndarray, model_dir: Path, precision: dict[str, str]) -> Any:
+    from lfmvl_site.runtime.generate import Captioner
+    from lfmvl_site.runtime.native import NativeBackend
+    from lfmvl_site.runtime.sampling import SamplingSettings
+
+    async def run() -> Any:
+        captioner = await Captioner.load(NativeBackend(model_dir, precision=precision))
+        return await captioner.caption(rgba, PROMPT, settings=SamplingSettings(max_new_tokens=TOKENS))
+
+    # Playwright's sync API owns this thread's event loop: run the native captioner on another thread.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, run()).result()
+
+
+def test_wasm_caption_matches_native(playwright_instance: Any, site_url: str, built_site: Path,
+                                     camera_y4m: Path, tmp_path: Path) -> None:
+    browser = launch(playwright_instance, fake_camera=camera_y4m)
+    try:
+        t0 = time.monotonic()
+        page = _open(browser, f"{site_url}?device=wasm&autostart=1&tokens={TOKENS}")
+        caption = _wait_caption(page, 120)
+        state = page.evaluate("() => ({ready: window.lfmvl.state.pageReadyMs, first: window.lfmvl.state.firstCaptionMs,"
+                              " info: window.lfmvl.state.info, isolated: self.crossOriginIsolated})")
+        rgba, png = _page_frame(page, tmp_path)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "page-wasm.png"), full_page=True)
+        print(f"\nwasm: page ready {state['ready']:.0f} ms, first caption {state['first']:.0f} ms "
+              f"(wall {time.monotonic() - t0:.1f} s), timings {caption['timings']}")
+    finally:
+        browser.close()
+
+    assert state["isolated"] is True
+    assert state["info"]["device"] == "wasm"
+    assert all(c["device"] == "wasm" for c in state["info"]["choices"])
+    assert rgba.shape == (240, 320, 4) and rgba[..., 3].min() == 255
+    assert caption["width"] == 320 and caption["prompt"] == PROMPT
+    native = _native_cli(png, built_site / "model")
+    assert len(caption["token_ids"]) > 0
+    assert caption["token_ids"] == native["token_ids"]
+    assert caption["text"] == native["text"]
+
+
+def _webgpu_run(playwright: Any, url: str, camera: Path, tmp_path: Path, shot: str) -> dict[str, Any]:
+    console: list[str] = []
+    browser = launch(playwright, *WEBGPU_ARGS, fake_camera=camera)
+    try:
+        page = _open(browser, f"{url}?device=auto&autostart=1&verbose=1&tokens={TOKENS}", console)
+        caption = _wait_caption(page, 240)
+        info = page.evaluate("() => window.lfmvl.state.info")
+        messages = page.inner_text("#messages")
+        rgba, _ = _page_frame(page, tmp_path)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / shot), full_page=True)
+    finally:
+        browser.close()
+    # SwiftShader has no shader-f16: the page must pick fp16-free variants on its own, and say so.
+    assert info["device"] == "webgpu"
+    assert "shader-f16" not in info["features"]
+    choices = {c["role"]: c for c in info["choices"]}
+    assert all(c["device"] == "webgpu" and c["precision"] != "fp16" for c in choices.values()), choices
+    assert choices["embed_tokens"]["precision"] == "fp32"  # fp16 preferred in the manifest, fp32 fallback taken
+    assert "shader-f16" in messages
+    _assert_gpu_placement(console)
+    return {"caption": caption, "choices": choices, "rgba": rgba}
+
+
+def _assert_gpu_placement(console: list[str]) -> None:
+    """Every session put its nodes on WebGPU; whatever fell back to the CPU is int64 plumbing or Compress."""
+    placement = [line for line in console if "VerifyEachNodeIsAssignedToAnEp" in line]
+    assert sum("placed on [WebGpuExecutionProvider]" in line for line in placement) >= 3, placement
+    assert not any("All nodes placed on [CPUExecutionProvider]" in line for line in placement)
+    fallen = {m.group(1) for line in console if (m := re.search(r"kernel not found in registries for Op type: (\w+)", line))}
+    assert fallen <= CPU_ALLOWED, f"compute ops on the CPU: {sorted(fallen - CPU_ALLOWED)}"
+
+
+def test_webgpu_caption_matches_native_and_stays_on_gpu(playwright_instance: Any, site_url: str, built_site: Path,
+                                                         camera_y4m: Path, tmp_path: Path) -> None:
+    run = _webgpu_run(playwright_instance, site_url, camera_y4m, tmp_path, "page-webgpu.png")
+    precision = {r: c["precision"] for r, c in run["choices"].items()}
+    native = _native_runtime(run["rgba"], built_site / "model", precision)
+    assert len(native.token_ids) > 0
+    assert run["caption"]["token_ids"] == native.token_ids
+
+
+def test_webgpu_default_preset_picks_q4_and_stays_on_gpu(playwright_instance: Any, default_site_url: str,
+                                                         camera_y4m: Path, tmp_path: Path) -> None:
+    """The shipped preset (fp16 vision + q4 decoder): without shader-f16 the page takes q4 vision on WebGPU."""
+    run = _webgpu_run(playwright_instance, default_site_url, camera_y4m, tmp_path, "page-webgpu-default.png")
+    assert run["choices"]["embed_images"]["precision"] == "q4"
+    assert run["choices"]["decoder"]["precision"] == "q4"
+    assert len(run["caption"]["token_ids"]) == TOKENS or run["caption"]["stop_reason"] == "eos"
+
+
+def test_no_webgpu_falls_back_to_wasm_and_says_so(playwright_instance: Any, site_url: str) -> None:
+    browser = launch(playwright_instance, "--disable-features=WebGPU", "--disable-gpu")
+    try:
+        page = _open(browser, site_url)
+        page.wait_for_function("() => window.lfmvl && window.lfmvl.state.ready", timeout=120_000)
+        info = page.evaluate("() => window.lfmvl.state.info")
+        messages = page.inner_text("#messages")
+        badge = page.inner_text("#backend")
+    finally:
+        browser.close()
+    assert info["device"] == "wasm"
+    assert info["why"] in ("no-webgpu", "no-adapter")
+    assert "runs on the CPU (wasm)" in messages
+    assert badge.startswith("wasm")
+
+
+def test_camera_denied_shows_message(playwright_instance: Any, site_url: str, camera_y4m: Path) -> None:
+    browser = launch(playwright_instance, fake_camera=camera_y4m, grant_camera=False)
+    try:
+        context = browser.new_context()  # no camera permission granted: getUserMedia is refused
+        page = context.new_page()
+        page.goto(f"{site_url}?device=wasm")
+        page.wait_for_function("() => window.lfmvl && window.lfmvl.state.ready", timeout=120_000)
+        page.click("#toggle")
+        page.wait_for_function("() => document.querySelector('#messages [data-key=camera]')", timeout=30_000)
+        text = page.inner_text("#messages")
+        running = page.evaluate("() => window.lfmvl.state.running")
+    finally:
+        browser.close()
+    assert "Camera access was denied" in text
+    assert running is False

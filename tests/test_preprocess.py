@@ -348,3 +348,29 @@ def test_resize_matches_torchvision(h, w, oh, ow, resample):
     assert np.abs(ours - ref).max() <= 1
     if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
         np.testing.assert_array_equal(ours, ref)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"use_thumbnail": False},
+        {"do_image_splitting": False},
+        {"max_tiles": 4},
+        {"max_pixels_tolerance": 1.5},
+        {"tile_size": 256},
+        {"min_image_tokens": 16, "max_image_tokens": 64},
+    ],
+    ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()),
+)
+def test_config_variants(overrides, processor_json, hf_processor, max_diff_seen):
+    """Other processor settings: same tensors and the same placeholder string as transformers."""
+    d = json.loads(json.dumps(processor_json))
+    d["image_processor"].update(overrides)
+    ours_cfg = ProcessorConfig.from_dict(d)
+    rng = np.random.default_rng(21)
+    for height, width in [(1081, 1921), (480, 640), (724, 1448), (3000, 400)]:
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        ref, ref_placeholder = _hf_run(hf_processor, image, **overrides)
+        ours = preprocess([image], ours_cfg)
+        _assert_same(ours, ref, max_diff_seen)
+        assert _placeholder(ours.layouts[0]) == ref_placeholder, (height, width)

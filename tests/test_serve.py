@@ -1,0 +1,190 @@
+"""``lfmvl-site serve``: headers, MIME types, Range, path confinement, port errors (checked with http.client)."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from lfmvl_site.errors import InputError
+from lfmvl_site.serve import make_server
+
+BLOB = bytes(range(256)) * 40  # 10240 bytes
+
+
+@pytest.fixture()
+def site(tmp_path: Path) -> Path:
+    root = tmp_path / "dist"
+    (root / "ort").mkdir(parents=True)
+    (root / "model" / "onnx").mkdir(parents=True)
+    (root / "index.html").write_text("<!doctype html><title>t</title>")
+    (root / "app.mjs").write_text("export const x = 1;")
+    (root / "worker.js").write_text("self.onmessage = () => {};")
+    (root / "ort" / "x.wasm").write_bytes(b"\0asm\1\0\0\0")
+    (root / "model" / "onnx" / "decoder.onnx").write_bytes(b"onnx")
+    (root / "model" / "onnx" / "decoder.onnx_data").write_bytes(BLOB)
+    (root / "model" / "onnx" / "decoder.onnx_data_1").write_bytes(BLOB)
+    (root / "py.whl").write_bytes(b"PK")
+    (root / "manifest.json").write_text("{}")
+    (tmp_path / "secret.txt").write_text("outside")
+    os.symlink(tmp_path / "secret.txt", root / "link.txt")
+    return root
+
+
+@pytest.fixture()
+def port(site: Path) -> Iterator[int]:
+    server = make_server(site, "127.0.0.1", 0)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def get(port: int, path: str, method: str = "GET", headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request(method, path, headers=headers or {})
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+
+
+def raw_get(port: int, target: str) -> int:
+    """Send a request line exactly as written (no client-side normalisation)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        data = s.recv(200)
+    return int(data.split()[1])
+
+
+@pytest.mark.parametrize("path", ["/", "/index.html", "/app.mjs", "/nope.txt", "/../secret.txt"])
+def test_isolation_headers_on_every_response(port: int, path: str) -> None:
+    _, headers, _ = get(port, path)
+    assert headers["cross-origin-opener-policy"] == "same-origin"
+    assert headers["cross-origin-embedder-policy"] == "require-corp"
+    assert headers["cross-origin-resource-policy"] == "same-origin"
+
+
+@pytest.mark.parametrize(
+    ("path", "ctype"),
+    [
+        ("/index.html", "text/html"),
+        ("/app.mjs", "text/javascript"),
+        ("/worker.js", "text/javascript"),
+        ("/ort/x.wasm", "application/wasm"),
+        ("/model/onnx/decoder.onnx", "application/octet-stream"),
+        ("/model/onnx/decoder.onnx_data", "application/octet-stream"),
+        ("/model/onnx/decoder.onnx_data_1", "application/octet-stream"),
+        ("/py.whl", "application/zip"),
+        ("/manifest.json", "application/json"),
+    ],
+)
+def test_mime_types(port: int, path: str, ctype: str) -> None:
+    status, headers, _ = get(port, path)
+    assert status == 200
+    assert headers["content-type"].split(";")[0] == ctype
+
+
+def test_directory_serves_index(port: int) -> None:
+    status, _, body = get(port, "/")
+    assert status == 200 and body.startswith(b"<!doctype html>")
+    status, _, _ = get(port, "/model/")  # no index.html there, and no listing
+    assert status == 404
+
+
+def test_range_requests(port: int) -> None:
+    status, headers, body = get(port, "/model/onnx/decoder.onnx_data", headers={"Range": "bytes=100-199"})
+    assert status == 206
+    assert body == BLOB[100:200]
+    assert headers["content-range"] == f"bytes 100-199/{len(BLOB)}"
+    assert headers["content-length"] == "100"
+    status, _, body = get(port, "/model/onnx/decoder.onnx_data", headers={"Range": "bytes=10000-"})
+    assert status == 206 and body == BLOB[10000:]
+    status, _, body = get(port, "/model/onnx/decoder.onnx_data", headers={"Range": "bytes=-16"})
+    assert status == 206 and body == BLOB[-16:]
+    status, headers, _ = get(port, "/model/onnx/decoder.onnx_data", headers={"Range": f"bytes={len(BLOB)}-"})
+    assert status == 416
+    assert headers["content-range"] == f"bytes */{len(BLOB)}"
+
+
+def test_head_has_length_but_no_body(port: int) -> None:
+    status, headers, body = get(port, "/model/onnx/decoder.onnx_data", method="HEAD")
+    assert status == 200 and body == b"" and headers["content-length"] == str(len(BLOB))
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["/../secret.txt", "/%2e%2e/secret.txt", "/ort/%2E%2E/%2e%2e/secret.txt", "/..%2fsecret.txt", "/link.txt",
+     "/ort/..%5c..%5csecret.txt"],
+)
+def test_refuses_paths_outside_dir(port: int, target: str) -> None:
+    assert raw_get(port, target) in (403, 404)
+    status, _, body = get(port, target)
+    assert b"outside" not in body and status in (403, 404)
+
+
+def test_symlink_out_is_forbidden(port: int) -> None:
+    status, _, body = get(port, "/link.txt")
+    assert status == 403 and b"outside" not in body
+
+
+def test_port_in_use_is_a_clear_error(site: Path) -> None:
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        with pytest.raises(InputError, match="already in use"):
+            make_server(site, "127.0.0.1", busy.getsockname()[1])
+    finally:
+        busy.close()
+
+
+def test_binds_localhost_by_default_and_cli_serves(site: Path) -> None:
+    """The real command: `lfmvl-site serve DIR --port N` answers on 127.0.0.1 with the headers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "lfmvl_site.cli", "serve", str(site), "--port", str(free)],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                status, headers, _ = get(free, "/index.html")
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        assert status == 200 and headers["cross-origin-embedder-policy"] == "require-corp"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert f"http://localhost:{free}/" in (proc.stderr.read() if proc.stderr else "")
+
+
+def test_default_bind_is_loopback(site: Path) -> None:
+    import inspect
+
+    from lfmvl_site.serve import serve
+
+    assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
+    server = make_server(site, port=0)
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+    finally:
+        server.server_close()
+
+
+def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="lfmvl-site build"):
+        make_server(tmp_path / "nope")

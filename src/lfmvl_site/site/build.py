@@ -57,6 +57,9 @@ def build_site(
     if mirror is not None and not Path(mirror).is_dir():
         raise BuildError(f"--pyodide-dir {mirror} is not a directory; point it at a copy of the Pyodide "
                          f"{assets.PYODIDE_VERSION} release files, or leave it out to download them.")
+    if out.exists() and (not out.is_dir() or (not (out / "manifest.json").is_file() and any(out.iterdir()))):
+        raise BuildError(f"{out} exists and is not a site built by lfmvl-site (no manifest.json); "
+                         "pick another --out or remove it.")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     t0 = time.monotonic()

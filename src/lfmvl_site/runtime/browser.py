@@ -91,16 +91,21 @@ def _info(meta: Any, name: str) -> TensorInfo:
 class KeptValue:
     """A value left inside onnxruntime-web (GPU buffer on WebGPU) between runs."""
 
-    __slots__ = ("tensor", "name")
+    __slots__ = ("tensor", "name", "_stats")
 
-    def __init__(self, tensor: Any, name: str) -> None:
+    def __init__(self, tensor: Any, name: str, stats: dict[str, Any]) -> None:
         self.tensor = tensor
         self.name = name
+        self._stats = stats
+        where = str(tensor.location)
+        stats["kept"][where] = stats["kept"].get(where, 0) + 1
+        stats["live"] += 1
 
     def dispose(self) -> None:
         if self.tensor is not None:
             self.tensor.dispose()
             self.tensor = None
+            self._stats["live"] -= 1
 
 
 class BrowserSession(Session):
@@ -141,7 +146,7 @@ class BrowserSession(Session):
                 out[name] = await self._b.to_numpy(t)
                 t.dispose()
             else:
-                out[name] = KeptValue(t, name)
+                out[name] = KeptValue(t, name, self._b.stats)
         for t in made:
             t.dispose()
         return out
@@ -193,6 +198,9 @@ class BrowserBackend(Backend):
         self._fetch_text = fetch_text
         self.verbose = verbose
         self.choices: dict[str, Choice] = {}
+        # Where kept values lived (location → count) and how many are still held: tests check the caches
+        # stay on the GPU and are all freed.
+        self.stats: dict[str, Any] = {"kept": {}, "live": 0}
         graphs = manifest.get("graphs") or {}
         for role in ROLES:
             self.choices[role] = choose_variant(role, graphs.get(role) or [], device, self.features)
@@ -345,4 +353,7 @@ class PageRuntime:
         data = result.as_dict()
         data["token_ids"] = [int(t) for t in result.token_ids]
         data["timings"]["frame_copy_ms"] = round(copy_ms, 3)
+        if self.backend is not None:
+            data["kept"] = dict(self.backend.stats["kept"])
+            data["kept_live"] = self.backend.stats["live"]
         return json.dumps(data)

@@ -230,17 +230,26 @@ def test_image_file_caption_equals_cli_on_that_file(playwright_instance: Any, si
 def test_prompt_change_cancels_the_running_caption(playwright_instance: Any, site_url: str, camera_y4m: Path) -> None:
     browser = launch(playwright_instance, fake_camera=camera_y4m)
     try:
-        page = _open(browser, f"{site_url}?device=wasm&autostart=1&tokens=400")
-        # Wait until the first caption is streaming, then change the prompt.
+        page = _open(browser, f"{site_url}?device=wasm&autostart=1&tokens=300")
+        # Wait until the first (long) caption is streaming, then change the prompt; later captions are short.
         page.wait_for_function("() => window.lfmvl && window.lfmvl.state.current.length > 0", timeout=120_000)
-        page.fill("#prompt", "What is the person doing?")
-        page.wait_for_function("() => window.lfmvl.state.cancelled >= 1", timeout=60_000)
+        page.evaluate(
+            """(n) => { const t = document.getElementById('maxTokens'); t.value = String(n);
+                        t.dispatchEvent(new Event('change'));
+                        [...document.querySelectorAll('.suggestion')]
+                          .find((b) => b.textContent === 'What is the person doing?').click(); }""",
+            TOKENS,
+        )
+        page.wait_for_function("() => window.lfmvl.state.cancelled >= 1 || window.lfmvl.state.captions.length >= 1",
+                               timeout=120_000)
         page.wait_for_function("() => window.lfmvl.state.captions.length >= 1", timeout=120_000)
-        captions = page.evaluate("() => window.lfmvl.state.captions")
+        state = page.evaluate("() => ({cancelled: window.lfmvl.state.cancelled, captions: window.lfmvl.state.captions})")
     finally:
         browser.close()
     # The caption under the old prompt was dropped; the first one recorded answers the new prompt.
-    assert captions[0]["prompt"] == "What is the person doing?"
+    assert state["cancelled"] >= 1, state
+    assert state["captions"][0]["prompt"] == "What is the person doing?"
+    assert len(state["captions"][0]["token_ids"]) <= TOKENS
 
 
 def test_failed_download_says_what_happened(playwright_instance: Any, built_site: Path, tmp_path: Path) -> None:

@@ -79,19 +79,23 @@ def test_page_settings_point_at_shipped_files(dist: tuple[Path, object]) -> None
         assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
 
 
-def test_failed_build_leaves_previous_dist_untouched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("error", "code", "said"), [(RuntimeError("disk on fire"), 1, "disk on fire"),
+                                                    (KeyboardInterrupt(), 130, "Interrupted")])
+def test_failed_or_interrupted_build_leaves_previous_dist_untouched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: BaseException, code: int, said: str
+) -> None:
     out = tmp_path / "dist"
     out.mkdir()
     (out / "manifest.json").write_text('{"old": true}')
     (out / "index.html").write_text("old page")
 
     def boom(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("disk on fire")
+        raise error
 
     monkeypatch.setattr("lfmvl_site.model.build.build_model", boom)
     result = run_build(out)
-    assert result.exit_code != 0  # type: ignore[attr-defined]
-    assert "disk on fire" in result.output and "untouched" in result.output  # type: ignore[attr-defined]
+    assert result.exit_code == code  # type: ignore[attr-defined]
+    assert said in result.output  # type: ignore[attr-defined]
     assert (out / "index.html").read_text() == "old page"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dist"]  # staging removed
 

@@ -208,7 +208,8 @@ function srtTime(s) {
 $("exportJson").onclick = () => download("captions.json", JSON.stringify(state.captions, null, 2), "application/json");
 $("exportSrt").onclick = () => {
   const c = state.captions;
-  const srt = c.map((e, i) => `${i + 1}\n${srtTime(e.time_s)} --> ${srtTime(i + 1 < c.length ? c[i + 1].time_s : e.time_s + 3)}\n${e.text}\n`).join("\n");
+  // One subtitle line per caption: line breaks inside a caption would end the SRT block early.
+  const srt = c.map((e, i) => `${i + 1}\n${srtTime(e.time_s)} --> ${srtTime(i + 1 < c.length ? c[i + 1].time_s : e.time_s + 3)}\n${e.text.replace(/[\r\n]+/g, " ")}\n`).join("\n");
   download("captions.srt", srt, "text/plain");
 };
 $("clearHistory").onclick = () => { state.captions = []; $("history").textContent = ""; };

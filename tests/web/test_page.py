@@ -220,9 +220,20 @@ def test_image_file_caption_equals_cli_on_that_file(playwright_instance: Any, si
         page.set_input_files("#file", str(png))
         caption = _wait_caption(page, 120)
         rgba, _ = _page_frame(page, tmp_path)
+        exported = {}
+        for button, name in (("#exportJson", "captions.json"), ("#exportSrt", "captions.srt")):
+            with page.expect_download() as dl:
+                page.click(button)
+            assert dl.value.suggested_filename == name
+            exported[name] = Path(dl.value.path()).read_text(encoding="utf-8")
     finally:
         browser.close()
     assert np.array_equal(rgba[..., :3], pixels) and rgba[..., 3].min() == 255
+    history = json.loads(exported["captions.json"])
+    assert [h["token_ids"] for h in history] == [caption["token_ids"]]
+    srt = exported["captions.srt"].split("\n")
+    assert srt[0] == "1" and re.fullmatch(r"\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}", srt[1])
+    assert srt[2] == re.sub(r"[\r\n]+", " ", caption["text"])
     native = _native_cli(png, built_site / "model")
     assert caption["token_ids"] == native["token_ids"]
 

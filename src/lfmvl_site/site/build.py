@@ -21,8 +21,8 @@ from . import assets
 from .fetch import Progress, pyodide_dir_from_env, quiet, sha256_file, stderr_progress
 from .wheel import runtime_wheel
 
-# Files of web/ copied as they are; index.html is rendered.
-WEB_STATIC = ("app.js", "worker.js", "style.css")
+# Every file of web/ is shipped as it is, except the templates, which are rendered.
+WEB_TEMPLATES = ("index.html",)
 PROMPTS = (
     "Describe this image.",
     "Describe this image in one short sentence.",
@@ -141,8 +141,9 @@ def _write_page(root: Path, settings: dict[str, Any], model_manifest: dict[str, 
     settings_json = json.dumps(settings, ensure_ascii=False).replace("<", "\\u003c")
     html = env.get_template("index.html").render(settings_json=settings_json, **settings)
     (root / "index.html").write_text(html, encoding="utf-8")
-    for name in WEB_STATIC:
-        shutil.copyfile(src / name, root / name)
+    for path in sorted(src.iterdir()):
+        if path.is_file() and path.name not in WEB_TEMPLATES and not path.name.startswith("."):
+            shutil.copyfile(path, root / path.name)
 
 
 def _part(path: str) -> str:

@@ -65,3 +65,43 @@ async def prompt_embeds(width, height, prompt):
 
 async def caption(rgba, width, height, prompt, settings_json):
     return await RT.caption(rgba, width, height, prompt, settings_json)
+
+
+async def close():
+    """Release the three sessions (between model variants)."""
+    global RT
+    if RT is not None and RT.captioner is not None:
+        cap = RT.captioner
+        for s in (cap.embed_tokens, cap.embed_images, cap.decoder):
+            await s.close()
+    RT = None
+
+
+async def step_breakdown(width, height, prompt, tokens):
+    """Where a Python-loop step goes: embed_tokens run, decoder run (both through the backend), the rest."""
+    from lfmvl_site.runtime.generate import _empty_cache
+
+    cap = RT.captioner
+    inputs = preprocess([make_frame(width, height)], cap.processor_config)
+    ids = cap.prompt_ids(prompt, inputs)
+    embeds = cap.merge(await cap.embed(ids), ids, await cap.image_features(inputs))
+    keep = list(cap._cache_map.values())
+    read = ["next_token"] if cap._has_argmax else ["logits"]
+    caches = {n: _empty_cache(i) for n, i in cap._cache_info.items()}
+    length, x, token, rows = len(ids), embeds, 0, []
+    for step in range(tokens):
+        t0 = time.perf_counter()
+        if step:
+            x = await cap.embed([token])
+            length += 1
+        t1 = time.perf_counter()
+        feeds = {"inputs_embeds": x, "attention_mask": np.ones((1, length), np.int64), **caches}
+        out = await cap.decoder.run(feeds, read=read, keep=keep)
+        t2 = time.perf_counter()
+        if step:
+            cap.decoder.release(caches.values())
+        caches = {p: out[q] for p, q in cap._cache_map.items()}
+        token = int(np.asarray(out[read[0]]).reshape(-1)[-1]) if read[0] == "next_token" else 0
+        rows.append([(t1 - t0) * 1000, (t2 - t1) * 1000, (time.perf_counter() - t2) * 1000])
+    cap.decoder.release(v for v in caches.values() if not isinstance(v, np.ndarray))
+    return json.dumps(rows[1:])

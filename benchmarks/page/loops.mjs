@@ -149,7 +149,14 @@ export function makeBench({ loadPyodide, ort, indexURL, lockFileURL, readBytes, 
     };
   }
 
-  return { init, preprocess, load, pyLoop, jsLoop, get pyodide() { return py; } };
+  async function unload() { await mod.close(); }
+
+  // Per step of a replica of the Python loop: [embed_tokens ms, decoder ms, rest ms].
+  async function stepBreakdown({ w, h, tokens, prompt }) {
+    return JSON.parse(await mod.step_breakdown(w, h, prompt, tokens));
+  }
+
+  return { init, preprocess, load, unload, stepBreakdown, pyLoop, jsLoop, get pyodide() { return py; } };
 }
 
 export function median(xs) {

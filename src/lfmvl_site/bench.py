@@ -17,6 +17,8 @@ The page side lives in ``benchmarks/page/`` (copied into each built dist as ``be
 
 from __future__ import annotations
 
+from .config import chromium_path
+
 import copy
 import json
 import os
@@ -209,13 +211,16 @@ def bench_loop(browser: Any, base: str, dist: Path, tokens: int, reps: int, thre
     info = page.evaluate("(a) => window.bench.load(a)", {"modelUrl": base + "model/", "device": "wasm"})
     w, h = SIZES["640x480"]
     args = {"w": w, "h": h, "tokens": tokens, "prompt": PROMPT}
-    page.evaluate("(a) => window.bench.pyLoop(a)", {**args, "tokens": 3})  # warm-up: first runs allocate
-    page.evaluate("(a) => window.bench.jsLoop(a)", {**args, "tokens": 3})
-    runs: dict[str, list[dict[str, Any]]] = {"python": [], "js": [], "js_direct": []}
-    for _ in range(reps):
-        runs["python"].append(page.evaluate("(a) => window.bench.pyLoop(a)", args))
-        runs["js"].append(page.evaluate("(a) => window.bench.jsLoop(a)", args))
-        runs["js_direct"].append(page.evaluate("(a) => window.bench.jsLoop(a)", {**args, "direct": True}))
+    calls = {"python": ("pyLoop", args), "js": ("jsLoop", args), "js_direct": ("jsLoop", {**args, "direct": True})}
+    # Warm-up at full length: the first runs after loading grow the wasm heap and are several times slower.
+    for fn, a in calls.values():
+        page.evaluate(f"(a) => window.bench.{fn}(a)", a)
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in calls}
+    order = list(calls)
+    for rep in range(reps):  # rotate the order so no loop always runs first
+        for k in order[rep % 3:] + order[:rep % 3]:
+            fn, a = calls[k]
+            runs[k].append(page.evaluate(f"(a) => window.bench.{fn}(a)", a))
     page.close()
     same = all(r["token_ids"] == runs["python"][0]["token_ids"] for rs in runs.values() for r in rs)
     out: dict[str, Any] = {"device": "wasm", "threads": threads, "tokens": tokens, "reps": reps,
@@ -314,7 +319,7 @@ def bench_graphopt(synth_dir: Path, steps: int, reps: int) -> dict[str, Any]:
 
 def bench_start(playwright: Any, base: str, dist: Path, tokens: int, work: Path) -> dict[str, Any]:
     """The real page, fake camera, wasm: cold (new profile) then warm (reload in the same profile)."""
-    chromium = os.environ.get("LFMVL_CHROMIUM") or "/usr/bin/chromium"
+    chromium = chromium_path()
     profile = Path(tempfile.mkdtemp(prefix="profile-", dir=work))
     ctx = playwright.chromium.launch_persistent_context(
         str(profile), executable_path=chromium, headless=True,
@@ -353,7 +358,7 @@ def _build_site(dist: Path, size: str) -> None:
 
 
 def machine() -> dict[str, Any]:
-    chromium = os.environ.get("LFMVL_CHROMIUM") or "/usr/bin/chromium"
+    chromium = chromium_path()
     try:
         version = subprocess.run([chromium, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
     except OSError:
@@ -400,7 +405,7 @@ def run(out_dir: Path, *, only: tuple[str, ...] = SECTIONS, work_dir: Path | Non
             write_model(synth, size="mid")
     from playwright.sync_api import sync_playwright
 
-    chromium = os.environ.get("LFMVL_CHROMIUM") or "/usr/bin/chromium"
+    chromium = chromium_path()
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
@@ -420,11 +425,12 @@ def run(out_dir: Path, *, only: tuple[str, ...] = SECTIONS, work_dir: Path | Non
                 results["preprocess"] = {"hf_class": native["hf_class"], "sizes": table}
             if "loop" in only:
                 results["loop"] = {}
-                for size, tokens in (("tiny", 32), ("mid", 16)):
+                for size, tokens in (("tiny", 32), ("mid", 12)):
                     say(f"loop: {size} model")
                     with _served(dists[size]) as base:
                         results["loop"][size] = bench_loop(browser, base, dists[size], tokens=tokens,
                                                            reps=2 if quick else 3, threads=2)
+                        say(f"  {results['loop'][size]['ratio_python_to_js']}x")
         finally:
             browser.close()
         if "start" in only:

@@ -188,3 +188,33 @@ def test_default_bind_is_loopback(site: Path) -> None:
 def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="lfmvl-site build"):
         make_server(tmp_path / "nope")
+
+
+def test_etag_gives_304_and_changes_with_the_file(port: int, site: Path) -> None:
+    status, headers, _ = get(port, "/worker.js")
+    assert status == 200 and headers["etag"] and headers["last-modified"]
+    status, again, body = get(port, "/worker.js", headers={"If-None-Match": headers["etag"]})
+    assert status == 304 and body == b"" and again["cross-origin-embedder-policy"] == "require-corp"
+    (site / "worker.js").write_text("self.onmessage = () => { /* rebuilt */ };")
+    status, changed, _ = get(port, "/worker.js", headers={"If-None-Match": headers["etag"]})
+    assert status == 200 and changed["etag"] != headers["etag"]
+
+
+def test_gzip_for_text_only_when_asked_and_never_for_binaries_or_ranges(port: int, site: Path) -> None:
+    import gzip
+
+    (site / "big.js").write_text("const filler = 1;\n" * 400)
+    status, headers, body = get(port, "/big.js", headers={"Accept-Encoding": "gzip, br"})
+    assert status == 200 and headers["content-encoding"] == "gzip" and headers["vary"] == "Accept-Encoding"
+    assert gzip.decompress(body) == (site / "big.js").read_bytes() and int(headers["content-length"]) == len(body)
+    status, headers, body = get(port, "/big.js")  # the client did not ask
+    assert "content-encoding" not in headers and body == (site / "big.js").read_bytes()
+    _, headers, body = get(port, "/model/onnx/decoder.onnx_data", headers={"Accept-Encoding": "gzip"})
+    assert "content-encoding" not in headers and body == BLOB
+    status, headers, body = get(port, "/big.js", headers={"Accept-Encoding": "gzip", "Range": "bytes=0-9"})
+    assert status == 206 and "content-encoding" not in headers and body == (site / "big.js").read_bytes()[:10]
+
+
+def test_preview_never_caches_immutably(port: int) -> None:
+    for path in ("/index.html", "/ort/x.wasm", "/model/onnx/decoder.onnx_data_1"):
+        assert get(port, path)[1]["cache-control"] == "no-cache", path

@@ -55,8 +55,11 @@ def test_manifest_lists_every_file_with_size_and_sha256(dist: tuple[Path, object
     out, _ = dist
     manifest = json.loads((out / "manifest.json").read_text())
     on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {"manifest.json"}
-    assert {f["path"] for f in manifest["files"]} == on_disk
-    for f in manifest["files"]:
+    site_files = {f["path"] for f in manifest["files"]}
+    host_files = {f["path"] for f in manifest["deploy_files"]}
+    assert site_files | host_files == on_disk and not site_files & host_files
+    assert {"_headers", "netlify.toml", "vercel.json", ".htaccess", "deploy/hf-space/Dockerfile"} <= host_files
+    for f in manifest["files"] + manifest["deploy_files"]:
         data = (out / f["path"]).read_bytes()
         assert f["size"] == len(data) and f["sha256"] == hashlib.sha256(data).hexdigest()
     assert sum(manifest["parts"].values()) == manifest["total_bytes"] == sum(f["size"] for f in manifest["files"])

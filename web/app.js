@@ -1,5 +1,7 @@
 // The page: camera/file input, controls, messages and figures. All model work happens in worker.js.
 
+import { registerServiceWorker } from "./sw-register.js";
+
 const settings = JSON.parse(document.getElementById("settings").textContent);
 const params = new URLSearchParams(location.search);
 // URL overrides, handy for links and tests: ?device=wasm&tokens=8&prompt=...&size=256&autostart
@@ -70,6 +72,45 @@ function explainError(text, name) {
 
 // ---------------------------------------------------------------- worker
 
+// Offline cache + header shim (sw-register.js). On a host without COOP/COEP this reloads the page once
+// and the promise never settles; on a first visit wait for the worker to take control so the model files
+// the worker downloads are verified and cached as they arrive.
+const sw = await registerServiceWorker({ precache: "shell" }).catch((e) => {
+  say("offline", `Offline use is unavailable (${e.message || e}); the page still works online.`, "info");
+  return null;
+});
+if (sw?.supported) await sw.controlled;
+if (sw) {
+  sw.events.addEventListener("integrity-error", (e) => say(`integrity-${e.detail.path}`,
+    `A downloaded file failed its integrity check and was not stored: ${e.detail.path} (${e.detail.message}). ` +
+    "Reload to fetch it again; if it keeps failing, the site's files are damaged on the server.", "error"));
+  sw.events.addEventListener("storage-full", (e) => say("storage",
+    "The browser's storage is full, so the model could not be stored for offline use. Free some space " +
+    `(or clear this site's data) and reload. ${e.detail.message || ""}`, "error"));
+  showCache();
+  sw.checkSpace().then((s) => {
+    if (s && s.ok === false) {
+      say("space", `This site needs ${(s.needed / 1e9).toFixed(2)} GB more storage but the browser offers only ` +
+        `${(s.free / 1e9).toFixed(2)} GB: the model may fail to download. Free disk space or close other sites' tabs.`);
+    }
+  });
+}
+
+async function showCache() {
+  if (!sw) return;
+  const [info, est] = await Promise.all([sw.cacheInfo(), sw.estimate()]);
+  $("cache").textContent = `${info.cachedFiles}/${info.totalFiles} files cached for offline use ` +
+    `(${(info.cachedBytes / 1e6).toFixed(1)} of ${(info.totalBytes / 1e6).toFixed(1)} MB)` +
+    (est && est.free != null ? `, ${(est.free / 1e9).toFixed(1)} GB free` : "") +
+    (sw.persisted ? ", persistent" : "");
+}
+$("clearCache").onclick = async () => {
+  if (!sw) return;
+  await sw.clearCache();
+  await showCache();
+  say("cache", "Offline cache cleared: the next visit downloads the model again.", "info");
+};
+
 const wantedDevice = params.get("device") || "auto";
 $("device").value = wantedDevice;
 const worker = new Worker(new URL("worker.js", import.meta.url), { type: "module" });
@@ -78,9 +119,9 @@ worker.onerror = (e) => say("worker", `The captioning worker failed to start (${
 worker.onmessage = (ev) => handle(ev.data);
 
 if (!self.crossOriginIsolated) {
-  say("isolation", "This page is not cross-origin isolated (the server did not send the COOP/COEP headers), " +
-    "so the model runs on one CPU thread and more slowly. Serve it with `lfmvl-site serve` or a server " +
-    "configured with those headers.");
+  say("isolation", sw?.isolationMessage || "This page is not cross-origin isolated (the server did not send the " +
+    "COOP/COEP headers), so the model runs on one CPU thread and more slowly. Serve it with `lfmvl-site serve` " +
+    "or a server configured with those headers.");
 }
 $("isolation").textContent = self.crossOriginIsolated ? "cross-origin isolated" : "not isolated";
 
@@ -136,6 +177,7 @@ function handle(m) {
           fallback.map((c) => `${c.role} → ${c.precision} on ${c.device}`).join("; ") + ".", "info");
       }
       $("toggle").disabled = false;
+      showCache();
       if (params.has("autostart")) start();
       break;
     }

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
-HEADER_SERVER = REPO / "src/lfmvl_site/site/hfserver.py"  # what deploy emits as deploy/hf-space/server.py
+HEADER_SERVER = REPO / "src/lfmvl_site/static_server.py"  # what deploy emits as deploy/hf-space/server.py
 
 PAGE = """<!doctype html><meta charset=utf-8><title>sw test</title><body>
 <script type=module>

@@ -103,7 +103,14 @@ def _assemble(root: Path, model_options: Any, mirror: Path | None, say: Progress
     say("[5/5] page")
     settings = _settings(wheel.relative_to(root).as_posix(), model_manifest)
     _write_page(root, settings, model_manifest)
-    return _write_manifest(root, settings, model_manifest)
+    manifest = _write_manifest(root, settings, model_manifest)
+    # Host configs are made from the site's file list, so they come last and are listed apart
+    # ("deploy_files"): the service worker caches "files" only.
+    from .deploy import write_deploy_configs
+
+    manifest["deploy_files"] = [_file_entry(root, p) for p in sorted(write_deploy_configs(root, manifest))]
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
 
 
 def _model_name(model_manifest: dict[str, Any]) -> str:
@@ -151,11 +158,12 @@ def _part(path: str) -> str:
     return {"pyodide": "pyodide", "ort": "ort", "py": "runtime", "model": "model"}.get(top, "page")
 
 
+def _file_entry(root: Path, path: Path) -> dict[str, Any]:
+    return {"path": path.relative_to(root).as_posix(), "size": path.stat().st_size, "sha256": sha256_file(path)}
+
+
 def _write_manifest(root: Path, settings: dict[str, Any], model_manifest: dict[str, Any]) -> dict[str, Any]:
-    files = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = path.relative_to(root).as_posix()
-        files.append({"path": rel, "size": path.stat().st_size, "sha256": sha256_file(path)})
+    files = [_file_entry(root, p) for p in sorted(p for p in root.rglob("*") if p.is_file())]
     parts: dict[str, int] = {}
     for f in files:
         parts[_part(f["path"])] = parts.get(_part(f["path"]), 0) + f["size"]

@@ -69,7 +69,7 @@ ONNX_DATA_RE = r"\.onnx_data(_[0-9]+)?$"
 IMMUTABLE_RE = r"(\.onnx|\.wasm|\.onnx_data(_[0-9]+)?)$|/v?[0-9]+\.[0-9]+\.[0-9]+/"
 NO_CACHE_ALWAYS = ("/", "/index.html", "/sw.js", "/manifest.json")
 HF_PORT = 7860
-SERVER_SCRIPT = Path(__file__).with_name("hfserver.py")
+SERVER_SCRIPT = Path(__file__).parent.parent / "static_server.py"
 
 
 def content_type(path: str) -> str:

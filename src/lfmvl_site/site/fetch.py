@@ -7,6 +7,8 @@ from a pinned lock) before it is used or cached; a download is written to a
 
 from __future__ import annotations
 
+from ..config import cache_dir, pyodide_dir_from_env  # noqa: F401  (re-exported for the site modules)
+
 import base64
 import hashlib
 import json
@@ -31,29 +33,6 @@ def stderr_progress(message: str) -> None:
 
 def quiet(_: str) -> None:
     """Progress sink that drops everything."""
-
-
-def cache_dir() -> Path:
-    """Where fetched assets are kept between builds.
-
-    ``LFMVL_CACHE_DIR`` wins; otherwise the platform's user cache directory.
-    """
-    env = os.environ.get("LFMVL_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / "lfmvl-site"
-    if os.name == "nt":
-        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
-        return Path(base) / "lfmvl-site" / "Cache"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "lfmvl-site"
-
-
-def pyodide_dir_from_env() -> Path | None:
-    """A local Pyodide mirror named by ``LFMVL_PYODIDE_DIR``, if any."""
-    env = os.environ.get("LFMVL_PYODIDE_DIR")
-    return Path(env).expanduser() if env else None
 
 
 def sha256_file(path: Path) -> str:

@@ -184,7 +184,7 @@ class Captioner:
         tokenizer = Tokenizer.from_json(await backend.read_text("tokenizer.json"))
         template = chat_template_text(await optional("chat_template.jinja"), tokenizer_config)
         sessions = {role: await backend.open_session(role) for role in ("embed_tokens", "embed_images", "decoder")}
-        return cls(
+        captioner = cls(
             backend,
             sessions,
             text_config,
@@ -194,6 +194,10 @@ class Captioner:
             template_tokens(tokenizer_config),
             bool(processor.get("use_image_special_tokens", True)),
         )
+        # Compile the chat template and the tokenizer's split pattern now rather than on the first
+        # frame: in Pyodide that first use costs up to seconds.
+        build_prompt_ids(tokenizer, template, "warm-up", [], special_tokens=captioner.special_tokens)
+        return captioner
 
     def _check_contract(self) -> None:
         _require(self.embed_tokens, "embed_tokens", ["input_ids"])

@@ -29,6 +29,8 @@ from typing import Iterator
 
 import pytest
 
+from support import pyodide_mirror
+
 from lfmvl_site.site.deploy import write_deploy_configs
 
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -104,8 +106,8 @@ def build_tiny_site(root: Path) -> dict:
     from lfmvl_site.cli import main
 
     args = ["build", "--synthetic", "--out", str(root)]
-    mirror = os.environ.get("LFMVL_PYODIDE_DIR") or Path(__file__).resolve().parents[2].parent / "shared/pyodide/0.27.7"
-    if Path(mirror).is_dir():
+    mirror = pyodide_mirror()
+    if mirror is not None:
         args += ["--pyodide-dir", str(mirror)]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output

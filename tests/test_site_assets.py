@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import base64
 import hashlib
 import json
@@ -13,18 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from support import pyodide_mirror
+
 from lfmvl_site.errors import AssetError
 from lfmvl_site.site import assets
 from lfmvl_site.site.fetch import cache_dir, quiet
 
-
-def pyodide_mirror() -> Path | None:
-    """The offline Pyodide mirror: $LFMVL_PYODIDE_DIR, else ../shared/pyodide/0.27.7 beside the clone."""
-    env = os.environ.get("LFMVL_PYODIDE_DIR")
-    if env:
-        return Path(env)
-    candidate = Path(__file__).resolve().parents[2] / "shared" / "pyodide" / "0.27.7"
-    return candidate if candidate.is_dir() else None
 
 DEAD = "http://127.0.0.1:9"  # nothing listens on the discard port
 

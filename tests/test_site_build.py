@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import hashlib
 import json
 import re
@@ -11,16 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from support import pyodide_mirror
+
 from lfmvl_site.cli import main
-
-
-def pyodide_mirror() -> Path | None:
-    """The offline Pyodide mirror: $LFMVL_PYODIDE_DIR, else ../shared/pyodide/0.27.7 beside the clone."""
-    env = os.environ.get("LFMVL_PYODIDE_DIR")
-    if env:
-        return Path(env)
-    candidate = Path(__file__).resolve().parents[2] / "shared" / "pyodide" / "0.27.7"
-    return candidate if candidate.is_dir() else None
 
 
 def run_build(out: Path, *extra: str) -> object:

@@ -57,9 +57,14 @@ MIME_TYPES = {
 # Types worth compressing on the fly; wasm and model weights are left alone (Range + already dense).
 COMPRESSIBLE = ("text/", "application/json", "image/svg+xml", "application/manifest+json")
 GZIP_MAX_BYTES = 32 << 20
-IMMUTABLE_RE = re.compile(r"(\.onnx|\.wasm|\.onnx_data(_[0-9]+)?)$|/v?[0-9]+\.[0-9]+\.[0-9]+/")
-NO_CACHE = {"/", "/index.html", "/sw.js", "/manifest.json"}
-_SHARD = re.compile(r"\.onnx_data(_\d+)?$")
+# The caching and shard patterns, as strings: deploy.py writes the same ones into nginx/Apache/Caddy
+# configs (written so PCRE, RE2 and Python agree), applied to the URL path (leading "/").
+IMMUTABLE_PATTERN = r"(\.onnx|\.wasm|\.onnx_data(_[0-9]+)?)$|/v?[0-9]+\.[0-9]+\.[0-9]+/"
+SHARD_PATTERN = r"\.onnx_data(_[0-9]+)?$"
+IMMUTABLE = "public, max-age=31536000, immutable"
+NO_CACHE = ("/", "/index.html", "/sw.js", "/manifest.json")
+_IMMUTABLE = re.compile(IMMUTABLE_PATTERN)
+_SHARD = re.compile(SHARD_PATTERN)
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -71,8 +76,9 @@ def content_type(path: str) -> str:
 
 
 def cache_control(url_path: str, immutable: bool = True) -> str:
-    if immutable and url_path not in NO_CACHE and IMMUTABLE_RE.search(url_path):
-        return "public, max-age=31536000, immutable"
+    """Cache-Control for a URL path: long and immutable for model files and versioned assets."""
+    if immutable and url_path not in NO_CACHE and _IMMUTABLE.search(url_path):
+        return IMMUTABLE
     return "no-cache"
 
 

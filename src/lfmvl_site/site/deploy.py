@@ -31,60 +31,28 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
 from ..errors import BuildError
+from ..static_server import IMMUTABLE, IMMUTABLE_PATTERN, ISOLATION_HEADERS, MIME_TYPES, NO_CACHE, SHARD_PATTERN
+from ..static_server import cache_control as static_cache_control
+from ..static_server import content_type as static_content_type
 
-COI_HEADERS: dict[str, str] = {
-    "Cross-Origin-Opener-Policy": "same-origin",
-    "Cross-Origin-Embedder-Policy": "require-corp",
-    "Cross-Origin-Resource-Policy": "same-origin",
-    "X-Content-Type-Options": "nosniff",
-}
-IMMUTABLE = "public, max-age=31536000, immutable"
+COI_HEADERS: dict[str, str] = dict(ISOLATION_HEADERS)
 REVALIDATE = "no-cache"
-
-# Extension → media type. ``.onnx_data_N`` shards are matched by ONNX_DATA_RE.
-MIME: dict[str, str] = {
-    ".html": "text/html",
-    ".js": "text/javascript",
-    ".mjs": "text/javascript",
-    ".css": "text/css",
-    ".json": "application/json",
-    ".map": "application/json",
-    ".wasm": "application/wasm",
-    ".onnx": "application/octet-stream",
-    ".onnx_data": "application/octet-stream",
-    ".whl": "application/zip",
-    ".zip": "application/zip",
-    ".tar": "application/x-tar",
-    ".jinja": "text/plain",
-    ".txt": "text/plain",
-    ".md": "text/plain",
-    ".svg": "image/svg+xml",
-    ".png": "image/png",
-    ".jpg": "image/jpeg",
-    ".ico": "image/x-icon",
-    ".webmanifest": "application/manifest+json",
-}
-ONNX_DATA_RE = r"\.onnx_data(_[0-9]+)?$"
-# Applied to the URL path (leading "/"); written so PCRE (nginx, Apache), RE2 (Caddy) and Python agree.
-IMMUTABLE_RE = r"(\.onnx|\.wasm|\.onnx_data(_[0-9]+)?)$|/v?[0-9]+\.[0-9]+\.[0-9]+/"
-NO_CACHE_ALWAYS = ("/", "/index.html", "/sw.js", "/manifest.json")
+# One policy for every host: the preview/Space server's own tables, media types without parameters.
+MIME: dict[str, str] = {ext: t.split(";")[0] for ext, t in MIME_TYPES.items()}
+ONNX_DATA_RE = SHARD_PATTERN
+IMMUTABLE_RE = IMMUTABLE_PATTERN
 HF_PORT = 7860
 SERVER_SCRIPT = Path(__file__).parent.parent / "static_server.py"
 
 
 def content_type(path: str) -> str:
     """Media type for a site path (``application/octet-stream`` when unknown)."""
-    if re.search(ONNX_DATA_RE, path):
-        return "application/octet-stream"
-    return MIME.get(PurePosixPath(path).suffix.lower(), "application/octet-stream")
+    return static_content_type(path).split(";")[0]
 
 
 def cache_control(path: str) -> str:
     """Cache-Control for a site path (relative or URL path)."""
-    url = "/" + path.lstrip("/")
-    if url in NO_CACHE_ALWAYS:
-        return REVALIDATE
-    return IMMUTABLE if re.search(IMMUTABLE_RE, url) else REVALIDATE
+    return static_cache_control("/" + path.lstrip("/"))
 
 
 def manifest_paths(manifest: dict[str, Any]) -> list[str]:

@@ -61,8 +61,10 @@ function explainError(text, name) {
       "(or clear this site's data in the browser settings) and reload."];
   }
   if (/download of .* failed|Failed to fetch|NetworkError/i.test(text)) {
-    return ["download", `A download failed: ${text}. Check the network connection and reload the page; ` +
-      "files already downloaded are not fetched twice by the browser cache."];
+    // The worker's error crosses Python on its way here: show the failure, not the traceback around it.
+    const what = (/download of \S+ failed \([^)]*\)/.exec(text) || [text])[0];
+    return ["download", `A download failed: ${what}. Check the network connection and reload the page; ` +
+      "files already downloaded are not fetched again."];
   }
   if (/out of memory|Array buffer allocation failed|RangeError/i.test(text)) {
     return ["memory", `The browser ran out of memory (${text}). Close other tabs, choose a smaller frame size, or reload.`];

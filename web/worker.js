@@ -42,7 +42,14 @@ async function fetchBytes(url, label) {
   let loaded = 0;
   let lastPost = 0;
   for (;;) {
-    const { done, value } = await reader.read();
+    let chunk;
+    try {
+      chunk = await reader.read();
+    } catch (e) {
+      // The connection dropped mid-body (or the service worker refused the bytes): name the file.
+      throw new Error(`download of ${label} failed (${e.message || e})`);
+    }
+    const { done, value } = chunk;
     if (done) break;
     chunks.push(value);
     loaded += value.length;

@@ -48,9 +48,10 @@ PRESETS: dict[str, SizePreset] = {
         layer_types=("conv", "conv", "full_attention", "conv", "full_attention", "conv"), max_positions=8192,
         v_hidden=32, v_ff=64, v_layers=2, v_heads=2, projector_hidden=64,
     ),
-    # Benchmarks: the real 16-layer pattern at ~1/3 width (a few hundred MB of fp32 weights).
+    # Benchmarks: the real 16-layer pattern at ~1/3 width and the real 65,536-id vocabulary (so lm_head
+    # costs show), a few hundred MB of fp32 weights.
     "mid": SizePreset(
-        vocab_size=TOKENIZER_VOCAB_SIZE, hidden=768, block_ff_dim=2304, block_multiple_of=256, heads=12, kv_heads=4,
+        vocab_size=REAL_VOCAB_SIZE, hidden=768, block_ff_dim=2304, block_multiple_of=256, heads=12, kv_heads=4,
         layer_types=tuple(REAL_LAYER_TYPES), max_positions=128000,
         v_hidden=384, v_ff=1536, v_layers=6, v_heads=6, projector_hidden=768,
     ),

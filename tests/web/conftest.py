@@ -10,6 +10,7 @@ from typing import Iterator
 
 import numpy as np
 import pytest
+from support import pyodide_mirror
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "tests" / "artifacts"
@@ -19,15 +20,6 @@ BASE_ARGS = [
     "--disable-component-update", "--disable-sync",
 ]
 WEBGPU_ARGS = ["--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader"]
-
-
-def pyodide_mirror() -> Path | None:
-    """The offline Pyodide mirror: $LFMVL_PYODIDE_DIR, else ../shared/pyodide/0.27.7 beside the clone."""
-    env = os.environ.get("LFMVL_PYODIDE_DIR")
-    if env:
-        return Path(env)
-    candidate = REPO.parent / "shared" / "pyodide" / "0.27.7"
-    return candidate if candidate.is_dir() else None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -106,11 +106,27 @@ export async function registerServiceWorker(opts = {}) {
     });
     registration = await navigator.serviceWorker.register(url, {scope: scopeUrl.href});
     controlled = navigator.serviceWorker.controller ? Promise.resolve(true) : new Promise((resolve) => {
-      const timer = setTimeout(() => resolve(false), timeoutMs);
+      let timer = setTimeout(() => resolve(false), timeoutMs);
       navigator.serviceWorker.addEventListener('controllerchange', () => {
         clearTimeout(timer);
         resolve(true);
       }, {once: true});
+      // Don't sit out the whole timeout when the worker can never control the page: it failed to install
+      // (redundant), or it is active yet the browser keeps it from this page (e.g. service workers blocked).
+      const settle = (w) => {
+        if (!w) return;
+        const check = () => {
+          if (w.state === 'redundant') { clearTimeout(timer); resolve(false); }
+          if (w.state === 'activated' && !navigator.serviceWorker.controller) {
+            clearTimeout(timer);
+            timer = setTimeout(() => resolve(!!navigator.serviceWorker.controller), 1000);
+          }
+        };
+        w.addEventListener('statechange', check);
+        check();
+      };
+      if (!registration) { clearTimeout(timer); resolve(false); return; }  // registration refused (blocked)
+      settle(registration.installing || registration.waiting || registration.active);
     });
   }
 

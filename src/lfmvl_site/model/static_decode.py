@@ -120,11 +120,6 @@ def _drop_dead_nodes(model: "onnx.ModelProto") -> None:
             return
 
 
-def step_feeds_template(model: "onnx.ModelProto") -> dict[str, tuple[list[int], int]]:
-    """Each input's fixed shape and ONNX element type, for callers that pre-allocate the step's buffers."""
-    return {vi.name: ([int(d) for d in _dims(vi)], vi.type.tensor_type.elem_type) for vi in model.graph.input}
-
-
 def pad_cache(cache: np.ndarray, max_len: int) -> np.ndarray:
     """A ``[B, kv, n, hd]`` cache from the dynamic decoder placed in the first ``n`` rows of a ``max_len`` buffer."""
     b, kv, n, hd = cache.shape

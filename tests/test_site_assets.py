@@ -16,7 +16,8 @@ from support import pyodide_mirror
 
 from lfmvl_site.errors import AssetError
 from lfmvl_site.site import assets
-from lfmvl_site.site.fetch import cache_dir, quiet
+from lfmvl_site.config import cache_dir
+from lfmvl_site.site.fetch import quiet
 
 
 DEAD = "http://127.0.0.1:9"  # nothing listens on the discard port

@@ -6,39 +6,14 @@
 import { readFileSync, writeFileSync, existsSync } from "node:fs";
 import { pathToFileURL } from "node:url";
 import path from "node:path";
+import { installDawn } from "./dawn.mjs";
 
 const cfg = JSON.parse(readFileSync(process.argv[2], "utf8"));
 const results = { started: new Date().toISOString(), variants: {}, proxies: {} };
 const save = () => writeFileSync(cfg.out, JSON.stringify(results, null, 1));
 const log = (o) => console.log(JSON.stringify(o));
 
-// ---- Dawn as navigator.gpu, with the one shim dawn.node needs: it rejects writeBuffer data that views a
-// SharedArrayBuffer (the threaded wasm heap), so such views are copied into a plain buffer first.
-const { create, globals } = await import(pathToFileURL(path.join(cfg.webgpu, "index.js")).href);
-Object.assign(globalThis, globals);
-{
-  const proto = globalThis.GPUQueue.prototype, write = proto.writeBuffer;
-  proto.writeBuffer = function (buffer, offset, data, dataOffset = 0, size) {
-    if (ArrayBuffer.isView(data) && data.buffer instanceof SharedArrayBuffer) {
-      const el = data.BYTES_PER_ELEMENT || 1;
-      const count = size === undefined ? data.length - dataOffset : size;
-      const copy = new Uint8Array(count * el);  // (slicing a SharedArrayBuffer would give another one)
-      copy.set(new Uint8Array(data.buffer, data.byteOffset + dataOffset * el, count * el));
-      return write.call(this, buffer, offset, copy, 0, copy.length);
-    }
-    return write.call(this, buffer, offset, data, dataOffset, size);
-  };
-}
-{ // dawn.node 0.6.2 takes only {buffer} as a bind-group resource; the spec (and ORT's graph-capture path) may
-  // pass a GPUBuffer itself.
-  const proto = globalThis.GPUDevice.prototype, make = proto.createBindGroup;
-  proto.createBindGroup = function (desc) {
-    const entries = (desc.entries || []).map((e) => (e.resource instanceof globalThis.GPUBuffer ? { ...e, resource: { buffer: e.resource } } : e));
-    return make.call(this, { ...desc, entries });
-  };
-}
-const gpu = create([]);
-Object.defineProperty(globalThis, "navigator", { value: { gpu, userAgent: "node", hardwareConcurrency: 16 }, configurable: true, writable: true });
+const gpu = await installDawn(cfg.webgpu);
 const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
 const features = adapter ? [...adapter.features] : [];
 results.adapter = adapter && { vendor: adapter.info?.vendor, architecture: adapter.info?.architecture,

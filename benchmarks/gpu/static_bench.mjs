@@ -10,6 +10,7 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import { pathToFileURL } from "node:url";
 import path from "node:path";
+import { installDawn } from "./dawn.mjs";
 
 const cfg = JSON.parse(readFileSync(process.argv[2], "utf8"));
 const prep = JSON.parse(readFileSync(cfg.prepare, "utf8"));
@@ -18,30 +19,7 @@ const save = () => writeFileSync(cfg.out, JSON.stringify(results, null, 1));
 const log = (o) => console.log(JSON.stringify(o));
 const median = (xs) => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2; };
 
-// ---- Dawn as navigator.gpu, with node_bench.mjs's two shims (SharedArrayBuffer writeBuffer data; a GPUBuffer
-// passed directly as a bind-group resource).
-const { create, globals } = await import(pathToFileURL(path.join(cfg.webgpu, "index.js")).href);
-Object.assign(globalThis, globals);
-{
-  const proto = globalThis.GPUQueue.prototype, write = proto.writeBuffer;
-  proto.writeBuffer = function (buffer, offset, data, dataOffset = 0, size) {
-    if (ArrayBuffer.isView(data) && data.buffer instanceof SharedArrayBuffer) {
-      const el = data.BYTES_PER_ELEMENT || 1;
-      const count = size === undefined ? data.length - dataOffset : size;
-      const copy = new Uint8Array(count * el);
-      copy.set(new Uint8Array(data.buffer, data.byteOffset + dataOffset * el, count * el));
-      return write.call(this, buffer, offset, copy, 0, copy.length);
-    }
-    return write.call(this, buffer, offset, data, dataOffset, size);
-  };
-  const dev = globalThis.GPUDevice.prototype, make = dev.createBindGroup;
-  dev.createBindGroup = function (desc) {
-    const entries = (desc.entries || []).map((e) => (e.resource instanceof globalThis.GPUBuffer ? { ...e, resource: { buffer: e.resource } } : e));
-    return make.call(this, { ...desc, entries });
-  };
-}
-const gpu = create([]);
-Object.defineProperty(globalThis, "navigator", { value: { gpu, userAgent: "node", hardwareConcurrency: 16 }, configurable: true, writable: true });
+const gpu = await installDawn(cfg.webgpu);
 const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
 results.adapter = { description: adapter.info?.description, vendor: adapter.info?.vendor, shader_f16: adapter.features.has("shader-f16") };
 log({ adapter: results.adapter });

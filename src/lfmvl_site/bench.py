@@ -28,15 +28,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from .errors import InputError
+from .serve import serving
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -156,20 +155,6 @@ def bench_preprocess_native(model_dir: Path, reps: int) -> dict[str, Any]:
             times["transformers"].append((time.perf_counter() - t) * 1000)
         out[label] = {k: _median(v) for k, v in times.items()}
     return out
-
-
-@contextmanager
-def _served(dist: Path) -> Iterator[str]:
-    from .serve import make_server
-
-    server = make_server(dist, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _install_bench_page(dist: Path) -> None:
@@ -384,7 +369,6 @@ def run(out_dir: Path, *, only: tuple[str, ...] = SECTIONS, work_dir: Path | Non
     repo_root()
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="lfmvl-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    reps = 2 if quick else 5
     t0 = time.monotonic()
     results: dict[str, Any] = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                "git": _git_head(), "quick": quick}
@@ -413,7 +397,7 @@ def run(out_dir: Path, *, only: tuple[str, ...] = SECTIONS, work_dir: Path | Non
                 say("preprocess: CPython + transformers")
                 native = bench_preprocess_native(dists["tiny"] / "model", reps=10 if quick else 30)
                 say("preprocess: Pyodide in Chromium")
-                with _served(dists["tiny"]) as base:
+                with serving(dists["tiny"]) as base:
                     pyo = bench_preprocess_pyodide(browser, base, dists["tiny"], reps=10 if quick else 30)
                 table = {}
                 for label in SIZES:
@@ -427,7 +411,7 @@ def run(out_dir: Path, *, only: tuple[str, ...] = SECTIONS, work_dir: Path | Non
                 results["loop"] = {}
                 for size, tokens in (("tiny", 32), ("mid", 12)):
                     say(f"loop: {size} model")
-                    with _served(dists[size]) as base:
+                    with serving(dists[size]) as base:
                         results["loop"][size] = bench_loop(browser, base, dists[size], tokens=tokens,
                                                            reps=2 if quick else 3, threads=2)
                         say(f"  {results['loop'][size]['ratio_python_to_js']}x")
@@ -437,7 +421,7 @@ def run(out_dir: Path, *, only: tuple[str, ...] = SECTIONS, work_dir: Path | Non
             results["start"] = {}
             for size in ("tiny", "mid"):
                 say(f"start: {size} site, cold and warm")
-                with _served(dists[size]) as base:
+                with serving(dists[size]) as base:
                     results["start"][size] = bench_start(pw, base, dists[size], tokens=8, work=work)
     if "graphopt" in only:
         say("graphopt: decoder variants on native onnxruntime (mid)")

@@ -11,8 +11,10 @@ import errno
 import sys
 import threading
 import webbrowser
+from contextlib import contextmanager
 from http.server import ThreadingHTTPServer
 from pathlib import Path
+from typing import Iterator
 
 from .errors import InputError
 from .static_server import ISOLATION_HEADERS, bind, content_type, parse_range
@@ -36,6 +38,22 @@ def make_server(directory: Path, host: str = "127.0.0.1", port: int = 8000) -> T
         raise
 
 
+@contextmanager
+def serving(directory: Path, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve ``directory`` from a background thread for the ``with`` block; yields the base URL.
+
+    For tests, benchmarks and tools that drive a browser against a built site.
+    """
+    server = make_server(directory, host, port)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def serve(directory: Path, *, host: str = "127.0.0.1", port: int = 8000, open_browser: bool = False) -> None:
     """Serve ``directory`` until interrupted."""
     server = make_server(directory, host, port)
@@ -56,4 +74,4 @@ def serve(directory: Path, *, host: str = "127.0.0.1", port: int = 8000, open_br
         server.server_close()
 
 
-__all__ = ["serve", "make_server", "content_type", "parse_range", "ISOLATION_HEADERS"]
+__all__ = ["serve", "serving", "make_server", "content_type", "parse_range", "ISOLATION_HEADERS"]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pytest
 from support import pyodide_mirror
+
+from lfmvl_site.serve import serving
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "tests" / "artifacts"
@@ -84,19 +85,6 @@ def build_site_cli(out: Path, *extra: str) -> Path:
     return out
 
 
-def serve_in_thread(root: Path) -> Iterator[str]:
-    from lfmvl_site.serve import make_server
-
-    server = make_server(root, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 @pytest.fixture(scope="session")
 def built_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``lfmvl-site build --synthetic`` (exact preset) once per session."""
@@ -105,13 +93,15 @@ def built_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def site_url(built_site: Path) -> Iterator[str]:
-    yield from serve_in_thread(built_site)
+    with serving(built_site) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
 def default_site_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The default preset (fp16 preferred, q4 decoder), as users get it."""
-    yield from serve_in_thread(build_site_cli(tmp_path_factory.mktemp("site-default") / "dist"))
+    with serving(build_site_cli(tmp_path_factory.mktemp("site-default") / "dist")) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

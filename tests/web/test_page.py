@@ -266,21 +266,19 @@ def test_prompt_change_cancels_the_running_caption(playwright_instance: Any, sit
 def test_failed_download_says_what_happened(playwright_instance: Any, built_site: Path, tmp_path: Path) -> None:
     import shutil
 
-    from .conftest import serve_in_thread
+    from lfmvl_site.serve import serving
 
     broken = tmp_path / "dist"
     shutil.copytree(built_site, broken)
     (broken / "model" / "onnx" / "decoder.onnx_data").unlink()
-    server = serve_in_thread(broken)
-    url = next(server)
-    browser = launch(playwright_instance)
-    try:
-        page = _open(browser, f"{url}?device=wasm")
-        page.wait_for_function("() => document.querySelector('#messages [data-key=download]')", timeout=120_000)
-        text = page.inner_text("#messages")
-        status = page.inner_text("#status")
-    finally:
-        browser.close()
-        server.close()
+    with serving(broken) as url:
+        browser = launch(playwright_instance)
+        try:
+            page = _open(browser, f"{url}?device=wasm")
+            page.wait_for_function("() => document.querySelector('#messages [data-key=download]')", timeout=120_000)
+            text = page.inner_text("#messages")
+            status = page.inner_text("#status")
+        finally:
+            browser.close()
     assert "A download failed" in text and "decoder.onnx_data" in text and "404" in text
     assert status == "Loading failed."

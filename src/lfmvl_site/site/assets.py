@@ -35,13 +35,13 @@ from ..errors import AssetError
 from .fetch import (
     FetchFailed,
     Progress,
-    cache_dir,
     download,
     get_json,
     sha256_file,
     sri_matches,
     stderr_progress,
 )
+from ..config import cache_dir
 from .wheel import pure_wheel_from_sdist
 
 NPM_REGISTRY = "https://registry.npmjs.org"

@@ -18,7 +18,8 @@ from typing import Any
 from .. import __version__
 from ..errors import BuildError, LfmvlError
 from . import assets
-from .fetch import Progress, pyodide_dir_from_env, quiet, sha256_file, stderr_progress
+from ..config import pyodide_dir_from_env
+from .fetch import Progress, quiet, sha256_file, stderr_progress
 from .wheel import runtime_wheel
 
 # Every file of web/ is shipped as it is, except the templates, which are rendered.

@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
 from ..errors import BuildError
-from ..static_server import IMMUTABLE, IMMUTABLE_PATTERN, ISOLATION_HEADERS, MIME_TYPES, NO_CACHE, SHARD_PATTERN
+from ..static_server import IMMUTABLE, IMMUTABLE_PATTERN, ISOLATION_HEADERS, MIME_TYPES, SHARD_PATTERN
 from ..static_server import cache_control as static_cache_control
 from ..static_server import content_type as static_content_type
 

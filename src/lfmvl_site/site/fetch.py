@@ -7,7 +7,6 @@ from a pinned lock) before it is used or cached; a download is written to a
 
 from __future__ import annotations
 
-from ..config import cache_dir, pyodide_dir_from_env  # noqa: F401  (re-exported for the site modules)
 
 import base64
 import hashlib

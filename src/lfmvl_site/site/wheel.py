@@ -41,7 +41,7 @@ def write_wheel(
     """Write ``{name}-{version}-py3-none-any.whl`` holding ``files`` (archive path → bytes)."""
     dist = re.sub(r"[-_.]+", "_", name)
     info = f"{dist}-{version}.dist-info"
-    meta = [f"Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
+    meta = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
     if summary:
         meta.append(f"Summary: {summary}")
     meta += [f"Requires-Dist: {r}" for r in requires]

@@ -52,7 +52,7 @@ class _Vision:
         return self.g.op("Slice", [shape, self.g.ints(axis), self.g.ints(axis + 1)])
 
     def build(self) -> None:
-        g, vh = self.g, self.vh
+        g = self.g
         pv = g.input("pixel_values", F32, ["batch_size", "num_patches", self.v["num_channels"] * self.v["patch_size"] ** 2])
         mask = g.input("pixel_attention_mask", I64, ["batch_size", "num_patches"])
         ss = g.input("spatial_shapes", I64, ["batch_size", 2])

@@ -131,7 +131,7 @@ print(json.dumps({"source": m["source"], "graphs": m["graphs"]}))
 """
 
 
-def _build(hub_url: str | None, hf_home: Path, dest: Path, offline: bool = False, **opts: Any) -> tuple[int, dict]:
+def _hub_env(hub_url: str | None, hf_home: Path, offline: bool = False) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(HF_HOME=str(hf_home), HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_ETAG_TIMEOUT="5",
                HF_HUB_DOWNLOAD_TIMEOUT="5")
@@ -139,6 +139,11 @@ def _build(hub_url: str | None, hf_home: Path, dest: Path, offline: bool = False
         env["HF_ENDPOINT"] = hub_url
     if offline:
         env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+def _build(hub_url: str | None, hf_home: Path, dest: Path, offline: bool = False, **opts: Any) -> tuple[int, dict]:
+    env = _hub_env(hub_url, hf_home, offline)
     proc = subprocess.run([sys.executable, "-c", BUILD, json.dumps(opts), str(dest)], env=env, capture_output=True,
                           text=True, timeout=300)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -191,3 +196,32 @@ def test_hub_unknown_revision(hub: StandInHub, tmp_path: Path) -> None:
 def test_hub_offline_without_cache(tmp_path: Path) -> None:
     rc, out = _build(None, tmp_path / "hf", tmp_path / "dist" / "model", offline=True)
     assert rc == 3 and out["error"] == "ModelFileError" and "--model-dir" in out["message"], out
+
+
+def test_caption_from_the_hub_fetches_only_its_files_and_matches_a_local_run(hub: StandInHub, tmp_path: Path) -> None:
+    """`lfmvl-site caption --model REPO` through huggingface_hub: q4 decoder + fp32 encoders, nothing else."""
+    import asyncio
+
+    import numpy as np
+    from PIL import Image
+
+    from lfmvl_site.caption import HUB_PRECISION
+    from lfmvl_site.runtime.generate import Captioner
+    from lfmvl_site.runtime.native import NativeBackend
+    from lfmvl_site.runtime.sampling import SamplingSettings
+
+    pixels = np.random.default_rng(4).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "frame.png")
+    exe = Path(sys.executable).with_name("lfmvl-site")
+    proc = subprocess.run([str(exe), "caption", str(tmp_path / "frame.png"), "--model", REPO, "--json",
+                           "--max-new-tokens", "6"], env=_hub_env(hub.url, tmp_path / "hf"), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ours = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = hub.gets()
+    assert {"onnx/decoder_q4.onnx_data", "onnx/embed_images.onnx_data", "onnx/embed_tokens.onnx_data"} <= got
+    assert "onnx/decoder.onnx" not in got and "onnx/decoder.onnx_data" not in got
+    # The same graphs run from the repo folder directly give the same tokens.
+    local = asyncio.run(Captioner.load(NativeBackend(hub.root, precision=HUB_PRECISION)))
+    ref = asyncio.run(local.caption(pixels, "Describe this image.", settings=SamplingSettings(max_new_tokens=6)))
+    assert ours["token_ids"] == ref.token_ids

@@ -119,6 +119,8 @@ class BrowserSession(Session):
         meta_out = _metadata(session, "outputMetadata", names_out)
         self.inputs = [_info(meta_in.get(n), n) for n in names_in]
         self.outputs = [_info(meta_out.get(n), n) for n in names_out]
+        self._fetches: dict[tuple[str, ...], Any] = {}
+        self._run_options: Any = None
 
     async def run(self, feeds: Mapping[str, Any], *, read: Sequence[str], keep: Sequence[str] = ()) -> dict[str, Any]:
         from pyodide.ffi import to_js  # type: ignore[import-not-found]
@@ -136,9 +138,13 @@ class BrowserSession(Session):
                 made.append(t)
                 setattr(js_feeds, name, t)
         wanted = list(dict.fromkeys([*read, *keep]))
-        # Per-run logging stays at warnings even when the session logs verbosely (placement at load).
-        run_options = to_js({"logSeverityLevel": 2}, dict_converter=js.Object.fromEntries)
-        results = await self._s.run(js_feeds, to_js(wanted), run_options)
+        key = tuple(wanted)
+        if key not in self._fetches:  # the decoder asks for the same outputs every step: convert once
+            self._fetches[key] = to_js(wanted)
+        if self._run_options is None:
+            # Per-run logging stays at warnings even when the session logs verbosely (placement at load).
+            self._run_options = to_js({"logSeverityLevel": 2}, dict_converter=js.Object.fromEntries)
+        results = await self._s.run(js_feeds, self._fetches[key], self._run_options)
         out: dict[str, Any] = {}
         for name in wanted:
             t = getattr(results, name)

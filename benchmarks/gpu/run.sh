@@ -26,8 +26,10 @@ echo "setup done at $(( $(date +%s) - T0 )) s"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv > "$OUT/nvidia.txt"
 timeout 60 ${PYTHON_TORCH:-python3} benchmarks/gpu/bandwidth.py > "$OUT/bandwidth.json"; cat "$OUT/bandwidth.json"
 WHEEL=$(python3 -c "from pathlib import Path; from lfmvl_site.site.wheel import runtime_wheel; print(runtime_wheel(Path('$W/py')))")
-timeout 120 python3 benchmarks/gpu/proxy.py "$W/proxy" ${PROXIES:-} > "$W/proxies.json"; cat "$W/proxies.json"
-echo "proxies built at $(( $(date +%s) - T0 )) s"
+if [ -z "${SKIP_PROXIES:-}" ]; then  # SKIP_PROXIES=1: the model variants only
+  timeout 120 python3 benchmarks/gpu/proxy.py "$W/proxy" ${PROXIES:-} > "$W/proxies.json"; cat "$W/proxies.json"
+  echo "proxies built at $(( $(date +%s) - T0 )) s"
+fi
 
 config() {  # config NAME MANIFESTS_JSON PROXIES_JSON OUTFILE
   python3 - "$@" <<EOF
@@ -40,13 +42,18 @@ json.dump({"repo": "$PWD", "webgpu": "$W/node_modules/webgpu", "ort": "$W/ort", 
 EOF
 }
 # 1. proxies: per-run / per-node overhead, GPU-resident I/O, graph capture (static shapes)
-config "$W/c1.json" '[]' "$(cat "$W/proxies.json")" "$OUT/proxies.json"
-timeout 150 "$W/node" benchmarks/gpu/node_bench.mjs "$W/c1.json" 2>&1 | grep -v "W:onnxruntime"
-echo "proxies timed at $(( $(date +%s) - T0 )) s"
+if [ -z "${SKIP_PROXIES:-}" ]; then
+  config "$W/c1.json" '[]' "$(cat "$W/proxies.json")" "$OUT/proxies.json"
+  timeout 150 "$W/node" benchmarks/gpu/node_bench.mjs "$W/c1.json" 2>&1 | grep -v "W:onnxruntime"
+  echo "proxies timed at $(( $(date +%s) - T0 )) s"
+fi
 
 # 2. the synthetic full-size model through the project's runtime, one decoder variant at a time
+# VARIANT="all three (site default)" times one decoder variant only (a shorter call).
+if [ -n "${VARIANT:-}" ]; then VARIANTS=("$VARIANT"); else
+  VARIANTS=("all three (site default)" "none (published shape)" "last_logits" "argmax" "q4_lm_head"); fi
 timeout $(( $(left) - 60 )) python3 benchmarks/gpu/prepare_model.py "$W/model" --size "${SIZE:-full}" \
-  --variants "all three (site default)" "none (published shape)" "last_logits" "argmax" "q4_lm_head" > "$OUT/prepare.json"
+  --variants "${VARIANTS[@]}" > "$OUT/prepare.json"
 cat "$OUT/prepare.json"
 echo "model built at $(( $(date +%s) - T0 )) s"
 MANIFESTS=$(python3 -c "import json; print(json.dumps(json.load(open('$OUT/prepare.json'))['manifests']))")

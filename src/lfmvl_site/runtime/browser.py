@@ -132,7 +132,13 @@ class BrowserSession(Session):
             if isinstance(value, KeptValue):
                 if value.tensor is None:
                     raise ContractError(f"{name}: a released value was fed back to {self.choice.role}.")
-                setattr(js_feeds, name, value.tensor)
+                if self.choice.device == "wasm" and str(value.tensor.location) != "cpu":
+                    # Kept by a WebGPU session but fed to a wasm one (a role that fell back): bring it over.
+                    t = self._b.tensor(await self._b.to_numpy(value.tensor))
+                    made.append(t)
+                    setattr(js_feeds, name, t)
+                else:
+                    setattr(js_feeds, name, value.tensor)
             else:
                 t = self._b.tensor(np.asarray(value))
                 made.append(t)

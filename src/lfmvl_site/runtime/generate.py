@@ -224,6 +224,15 @@ class Captioner:
         out = await self.embed_tokens.run(feeds, read=[name])
         return np.asarray(out[name], dtype=np.float32)
 
+    async def embed_kept(self, token: int) -> Any:
+        """One token's embedding left where the backend keeps values (on the GPU for WebGPU).
+
+        Decode steps feed it straight to the decoder: no read-back and re-upload per token.
+        """
+        feeds = {"input_ids": np.asarray([[token]], dtype=np.int64)}
+        name = self.embed_tokens.output_names[0]
+        return (await self.embed_tokens.run(feeds, read=[], keep=[name]))[name]
+
     async def image_features(self, inputs: ImageInputs) -> np.ndarray:
         """Vision rows for all tiles, in tile order.
 
@@ -331,7 +340,7 @@ class Captioner:
             for step in range(settings.max_new_tokens):
                 start = _now()
                 if step > 0:
-                    step_input = await self.embed([token])
+                    step_input = await self.embed_kept(token)
                     length += 1
                 feeds: dict[str, Any] = {
                     "inputs_embeds": step_input,
@@ -339,11 +348,12 @@ class Captioner:
                     **caches,
                 }
                 if self._has_position_ids:
-                    cur = step_input.shape[1]
+                    cur = 1 if step > 0 else step_input.shape[1]
                     feeds["position_ids"] = np.arange(length - cur, length, dtype=np.int64)[None, :]
                 out = await self.decoder.run(feeds, read=read, keep=keep)
                 if step > 0:
                     self.decoder.release(caches.values())
+                    self.embed_tokens.release([step_input])
                 caches = {past: out[present] for past, present in self._cache_map.items()}
                 if use_argmax:
                     token = int(np.asarray(out["next_token"]).reshape(-1)[-1])

@@ -15,3 +15,25 @@ def pyodide_mirror() -> Path | None:
         return Path(env)
     candidate = REPO.parent / "shared" / "pyodide" / "0.27.7"
     return candidate if candidate.is_dir() else None
+
+
+def shared_fixture(*parts: str) -> Path:
+    """A real-file fixture under ../shared/fixtures (beside the clone; $LFMVL_FIXTURES overrides). Missing is an error:
+    these files are what proves the code on files nobody here wrote."""
+    root = Path(os.environ.get("LFMVL_FIXTURES") or REPO.parent / "shared" / "fixtures")
+    path = root.joinpath(*parts)
+    if not path.exists():
+        raise FileNotFoundError(f"real-file fixture {path} is missing; clone the project beside ../shared (or set LFMVL_FIXTURES)")
+    return path
+
+
+def real_tokenizer_json(tmp_dir: Path) -> Path:
+    """The published LFM2.5-VL-1.6B tokenizer.json, gunzipped into ``tmp_dir`` and checked against its recorded size."""
+    import gzip
+
+    out = tmp_dir / "tokenizer.json"
+    if not out.exists():
+        data = gzip.decompress(shared_fixture("lfm2.5-vl-1.6b", "tokenizer.json.gz").read_bytes())
+        assert len(data) == 4_733_040, "the fixture is not the hub file (size differs from its README)"
+        out.write_bytes(data)
+    return out

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lfmvl_site.errors import ContractError
-from lfmvl_site.runtime.tokenizer import Tokenizer, byte_map
+from lfmvl_site.runtime.tokenizer import Tokenizer, byte_map, translate_pattern
 from lfmvl_site.synth.tokenizer_files import write_tokenizer_files
 
 hf_tokenizers = pytest.importorskip("tokenizers")
@@ -177,12 +177,18 @@ def _mutate(path: Path, edit) -> str:
     ("field", "edit"),
     [
         ("model.type", lambda d: d["model"].update(type="WordPiece")),
-        ("model.byte_fallback", lambda d: d["model"].update(byte_fallback=True)),
-        ("normalizer", lambda d: d.update(normalizer={"type": "NFC"})),
+        ("model.dropout", lambda d: d["model"].update(dropout=0.1)),
+        ("model.continuing_subword_prefix", lambda d: d["model"].update(continuing_subword_prefix="##")),
+        ("normalizer.type", lambda d: d.update(normalizer={"type": "BertNormalizer"})),
+        ("normalizer.normalizers[1].type", lambda d: d.update(normalizer={"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "StripAccents"}]})),
         ("decoder.type", lambda d: d.update(decoder={"type": "Metaspace"})),
+        ("decoder.decoders[0].type", lambda d: d.update(decoder={"type": "Sequence", "decoders": [{"type": "WordPiece"}, {"type": "ByteLevel"}]})),
         ("pre_tokenizer.type", lambda d: d.update(pre_tokenizer={"type": "Whitespace"})),
-        ("pre_tokenizer.pretokenizers[0].behavior", lambda d: d["pre_tokenizer"]["pretokenizers"][0].update(behavior="Removed")),
-        ("pre_tokenizer.pretokenizers[1].use_regex", lambda d: d["pre_tokenizer"]["pretokenizers"][1].update(use_regex=True)),
+        ("pre_tokenizer.pretokenizers[0].behavior", lambda d: d["pre_tokenizer"]["pretokenizers"][0].update(behavior="Sideways")),
+        ("pre_tokenizer.pretokenizers[0].pattern", lambda d: d["pre_tokenizer"]["pretokenizers"][0].update(pattern={"Regex": r"\p{Lu}+"})),
+        ("pre_tokenizer", lambda d: d["pre_tokenizer"]["pretokenizers"].pop(1)),
+        ("post_processor.type", lambda d: d.update(post_processor={"type": "BertProcessing", "sep": ["</s>", 2], "cls": ["<s>", 0]})),
+        ("added_tokens[0].id", lambda d: d["added_tokens"][0].update(id=-1)),
         ("model.merges", lambda d: d["model"]["merges"].append(["zz", "qq"])),
         ("model.vocab", lambda d: d["model"]["vocab"].pop("Ġ")),
     ],
@@ -274,7 +280,7 @@ def test_unicode_classes_match_hf_on_every_assigned_plane(default_dir: Path) -> 
 
     from lfmvl_site.synth.tokenizer_files import SPLIT_REGEX
 
-    ours = Tokenizer.from_json((default_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    pattern = re.compile(translate_pattern(SPLIT_REGEX))
     split = pre_tokenizers.Split(Regex(SPLIT_REGEX), behavior="isolated")
     planes = [*range(0x40000), *range(0xE0000, 0xE1000), *range(0x40000, 0x110000, 61)]  # 0-3, 14, a sample of the rest
     cps = [cp for cp in planes if not 0xD800 <= cp < 0xE000]
@@ -283,7 +289,7 @@ def test_unicode_classes_match_hf_on_every_assigned_plane(default_dir: Path) -> 
         chunk = cps[start : start + 2048]
         # Each probe tells letters, numbers, spaces and others apart by how it splits.
         text = "".join(f"x{chr(cp)}x!{chr(cp)}1{chr(cp)}\n" for cp in chunk)
-        if ours._split.findall(text) != [p for p, _ in split.pre_tokenize_str(text)]:
+        if pattern.findall(text) != [p for p, _ in split.pre_tokenize_str(text)]:
             bad.append(f"U+{chunk[0]:04X}..U+{chunk[-1]:04X}")
     assert not bad, bad[:20]
 
@@ -306,3 +312,82 @@ def test_too_small_vocab_size_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(InputError, match="too small"):
         write_tokenizer_files(tmp_path, vocab_size=700)
+
+
+def _split(pattern: dict, behavior: str, invert: bool = False) -> dict:
+    return {"type": "Split", "pattern": pattern, "behavior": behavior, "invert": invert}
+
+
+_BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+_BYTE_LEVEL_DECODER = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+
+
+def _pre(*members: dict) -> dict:
+    return {"type": "Sequence", "pretokenizers": list(members)}
+
+
+def _variant_pre(d: dict, *members: dict) -> None:
+    d["pre_tokenizer"] = _pre(*members)
+
+
+# Shapes HF tokenizers accepts for byte-level BPE, each of which the runtime must read exactly as HF does.
+_SUPPORTED_VARIANTS = {
+    "nfc": lambda d: d.update(normalizer={"type": "NFC"}),
+    "nfkd+lowercase": lambda d: d.update(normalizer={"type": "Sequence", "normalizers": [{"type": "NFKD"}, {"type": "Lowercase"}]}),
+    "replace+strip+prepend": lambda d: d.update(normalizer={"type": "Sequence", "normalizers": [
+        {"type": "Replace", "pattern": {"String": "  "}, "content": " "}, {"type": "Strip", "strip_left": True, "strip_right": False},
+        {"type": "Prepend", "prepend": "~"}]}),
+    "byte-level-gpt2-regex": lambda d: d.update(pre_tokenizer={**_BYTE_LEVEL, "use_regex": True}),
+    "byte-level-prefix-space": lambda d: d.update(pre_tokenizer={**_BYTE_LEVEL, "use_regex": True, "add_prefix_space": True}),
+    "digits+split": lambda d: _variant_pre(d, {"type": "Digits", "individual_digits": True}, d["pre_tokenizer"]["pretokenizers"][0], _BYTE_LEVEL),
+    "split-removed": lambda d: _variant_pre(d, _split({"Regex": r"\s+"}, "Removed"), _BYTE_LEVEL),
+    "split-merged-previous": lambda d: _variant_pre(d, _split({"String": " "}, "MergedWithPrevious"), _BYTE_LEVEL),
+    "split-merged-next": lambda d: _variant_pre(d, _split({"Regex": r"[.,!?;]"}, "MergedWithNext"), _BYTE_LEVEL),
+    "split-contiguous-inverted": lambda d: _variant_pre(d, _split({"Regex": r"\p{L}+"}, "Contiguous", invert=True), _BYTE_LEVEL),
+    "nested-sequence": lambda d: d.update(pre_tokenizer=_pre(_pre(d["pre_tokenizer"]["pretokenizers"][0]), _pre(_BYTE_LEVEL))),
+    "ignore-merges": lambda d: d["model"].update(ignore_merges=True),
+    "byte-fallback+fuse-unk": lambda d: d["model"].update(byte_fallback=True, fuse_unk=True),
+    "decoder-sequence": lambda d: d.update(decoder={"type": "Sequence", "decoders": [_BYTE_LEVEL_DECODER]}),
+    "decoder-fuse+strip": lambda d: d.update(decoder={"type": "Sequence", "decoders": [
+        {"type": "Strip", "content": "Ġ", "start": 1, "stop": 0}, {"type": "Fuse"}, _BYTE_LEVEL_DECODER]}),
+    "decoder-replace": lambda d: d.update(decoder={"type": "Sequence", "decoders": [
+        {"type": "Replace", "pattern": {"String": "Ċ"}, "content": "Ġ"}, _BYTE_LEVEL_DECODER]}),
+    "added-flags": lambda d: d["added_tokens"].extend([
+        {"id": 1024, "content": "zebra", "single_word": True, "lstrip": False, "rstrip": False, "normalized": False, "special": False},
+        {"id": 1025, "content": "<LS>", "single_word": False, "lstrip": True, "rstrip": True, "normalized": False, "special": False},
+        {"id": 1026, "content": "Norm", "single_word": False, "lstrip": False, "rstrip": False, "normalized": True, "special": False}]),
+    "post-template-suffix": lambda d: d.update(post_processor={"type": "Sequence", "processors": [
+        {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
+        {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<|startoftext|>", "type_id": 0}},
+                                                  {"Sequence": {"id": "A", "type_id": 0}},
+                                                  {"SpecialToken": {"id": "<|im_end|>", "type_id": 0}}],
+         "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+         "special_tokens": {"<|startoftext|>": {"id": "<|startoftext|>", "ids": [1], "tokens": ["<|startoftext|>"]},
+                            "<|im_end|>": {"id": "<|im_end|>", "ids": [7], "tokens": ["<|im_end|>"]}}}]}),
+}
+
+_VARIANT_TEXTS = [
+    *CORPUS, "zebra zebras azebra zebra_ x zebra.", "a <LS>  b\t<LS>\nc<LS>", "Norm norm NORM Normal", "Ǆ ﬁ Å Å ℌ ①",
+    "x  y   z", "  lead", "1234 5 67", "can't stop, won't stop!", "Ġ Ċ ĠĠ",
+]
+
+
+@pytest.mark.parametrize("variant", sorted(_SUPPORTED_VARIANTS))
+def test_supported_tokenizer_shapes_match_hf(variant: str, tmp_path: Path) -> None:
+    write_tokenizer_files(tmp_path, vocab_size=1024)
+    text = _mutate(tmp_path / "tokenizer.json", _SUPPORTED_VARIANTS[variant])
+    ours = Tokenizer.from_json(text)
+    hf = hf_tokenizers.Tokenizer.from_str(text)
+    hf_plain = hf_tokenizers.Tokenizer.from_str(text)
+    hf_plain.encode_special_tokens = True
+    for t in _VARIANT_TEXTS + _random_texts(150, seed=9):
+        assert ours.encode(t, allow_special=True) == hf.encode(t, add_special_tokens=False).ids, repr(t)
+        assert ours.encode(t) == hf_plain.encode(t, add_special_tokens=False).ids, repr(t)
+        assert ours.encode(t, allow_special=True, add_special_tokens=True) == hf.encode(t).ids, repr(t)
+    rng = random.Random(4)
+    for _ in range(150):
+        ids = [rng.randrange(1100) for _ in range(rng.randint(1, 9))]
+        assert ours.decode(ids) == hf.decode(ids), ids
+        assert ours.decode(ids, skip_special=False) == hf.decode(ids, skip_special_tokens=False), ids
+        stream = ours.stream_decoder()
+        assert "".join([*map(stream.push, ids), stream.flush()]) == hf.decode(ids), ids

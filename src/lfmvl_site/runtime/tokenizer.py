@@ -11,6 +11,9 @@ Measured over every code point, the only disagreements are the letters and numbe
 assigned in Unicode 15.0-16.0, so those ranges are added from a small table below
 (:data:`_NEWER_LETTERS`, :data:`_NEWER_NUMBERS`); with it both hosts split like HF.
 
+The stages around the BPE model (normalizer, pre-tokenizer, decoder, post-processor, each possibly a
+``Sequence``) are read by :mod:`lfmvl_site.runtime.tokenizer_parts`.
+
 Deliberate deviation from HF: :meth:`Tokenizer.encode` never produces a SPECIAL
 token from text. A user typing ``<image>`` or ``<|im_end|>`` gets the ids of that
 plain text; only the prompt builder inserts special ids, structurally. Non-special
@@ -23,15 +26,28 @@ import codecs
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
 from lfmvl_site.errors import ContractError
+from lfmvl_site.runtime.tokenizer_parts import (
+    Decoder,
+    Normalizer,
+    PostProcessor,
+    PreTokenizer,
+    _is_ws,
+    parse_decoder,
+    parse_normalizer,
+    parse_post_processor,
+    parse_pre_tokenizer,
+    type_of,
+)
 
-__all__ = ["Tokenizer", "StreamDecoder", "unicode_classes", "translate_pattern", "byte_map"]
+__all__ = ["StreamDecoder", "Tokenizer", "byte_map", "translate_pattern", "unicode_classes"]
 
 # Unicode White_Space (what Oniguruma's \s matches); Python's \s also matches U+001C..U+001F.
 _WHITE_SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
@@ -163,14 +179,28 @@ def translate_pattern(pattern: str) -> str:
 
 
 @dataclass(frozen=True)
+class _AddedToken:
+    content: str
+    id: int
+    special: bool
+    normalized: bool
+    lstrip: bool
+    rstrip: bool
+    single_word: bool
+
+
+@dataclass(frozen=True)
 class _Spec:
     """What the runtime reads out of tokenizer.json after validation."""
 
-    split: str
     vocab: dict[str, int]
     merges: list[tuple[str, str]]
     ignore_merges: bool
-    added: list[dict]
+    added: list[_AddedToken]
+    normalizer: Normalizer
+    pre_tokenizer: PreTokenizer
+    decoder: Decoder
+    post_processor: PostProcessor
 
 
 def _need(cond: bool, field: str, what: str) -> None:
@@ -178,77 +208,118 @@ def _need(cond: bool, field: str, what: str) -> None:
         raise ContractError(f"tokenizer.json: {field} {what}; this runtime supports byte-level BPE tokenizers like LFM2's")
 
 
-def _parse_pre_tokenizer(pre: object) -> str:
-    """Return the split regex of a Sequence[Split(Isolated), ByteLevel(use_regex false)] pre-tokenizer."""
-    _need(isinstance(pre, dict) and pre.get("type") == "Sequence", "pre_tokenizer.type", f"is {_type(pre)!r}, expected 'Sequence'")
-    parts = pre.get("pretokenizers") or []
-    _need(len(parts) == 2, "pre_tokenizer.pretokenizers", f"has {len(parts)} entries, expected [Split, ByteLevel]")
-    split, level = parts
-    _need(split.get("type") == "Split", "pre_tokenizer.pretokenizers[0].type", f"is {split.get('type')!r}, expected 'Split'")
-    _need(isinstance(split.get("pattern"), dict) and "Regex" in split["pattern"], "pre_tokenizer.pretokenizers[0].pattern", "is not {'Regex': ...}")
-    _need(split.get("behavior") == "Isolated", "pre_tokenizer.pretokenizers[0].behavior", f"is {split.get('behavior')!r}, expected 'Isolated'")
-    _need(not split.get("invert", False), "pre_tokenizer.pretokenizers[0].invert", "is true, expected false")
-    _need(level.get("type") == "ByteLevel", "pre_tokenizer.pretokenizers[1].type", f"is {level.get('type')!r}, expected 'ByteLevel'")
-    _need(not level.get("add_prefix_space", False), "pre_tokenizer.pretokenizers[1].add_prefix_space", "is true, expected false")
-    _need(not level.get("use_regex", True), "pre_tokenizer.pretokenizers[1].use_regex", "is true, expected false")
-    return split["pattern"]["Regex"]
-
-
-def _type(obj: object) -> object:
-    return obj.get("type") if isinstance(obj, dict) else obj
+def _parse_added(raw: object) -> list[_AddedToken]:
+    _need(isinstance(raw, list), "added_tokens", f"is {type_of(raw)!r}, expected a list")
+    out: list[_AddedToken] = []
+    tok: Any
+    for k, tok in enumerate(raw):  # type: ignore[arg-type]
+        field = f"added_tokens[{k}]"
+        _need(isinstance(tok, dict) and isinstance(tok.get("content"), str) and tok["content"] != "", field, "lacks a content string")
+        _need(isinstance(tok.get("id"), int) and tok["id"] >= 0, f"{field}.id", f"is {tok.get('id')!r}, expected an id >= 0")
+        special = bool(tok.get("special", False))
+        out.append(_AddedToken(tok["content"], int(tok["id"]), special, bool(tok.get("normalized", not special)),
+                               bool(tok.get("lstrip")), bool(tok.get("rstrip")), bool(tok.get("single_word"))))
+    return out
 
 
 def _parse(data: dict) -> _Spec:
     """Validate tokenizer.json against what this runtime implements and extract the parts it uses."""
     model = data.get("model")
-    _need(isinstance(model, dict) and model.get("type") == "BPE", "model.type", f"is {_type(model)!r}, expected 'BPE'")
-    _need(not model.get("byte_fallback", False), "model.byte_fallback", "is true, expected false")
-    _need(model.get("dropout") in (None, 0, 0.0), "model.dropout", "is set, expected null")
-    _need(not model.get("continuing_subword_prefix"), "model.continuing_subword_prefix", "is set, expected null")
-    _need(not model.get("end_of_word_suffix"), "model.end_of_word_suffix", "is set, expected null")
-    _need(data.get("normalizer") is None, "normalizer", f"is {_type(data.get('normalizer'))!r}, expected null")
-    dec = data.get("decoder")
-    _need(isinstance(dec, dict) and dec.get("type") == "ByteLevel", "decoder.type", f"is {_type(dec)!r}, expected 'ByteLevel'")
-    post = data.get("post_processor")
-    _need(post is None or post.get("type") in ("ByteLevel", "TemplateProcessing"), "post_processor.type", f"is {_type(post)!r}, expected null, 'ByteLevel' or 'TemplateProcessing'")
-    split = _parse_pre_tokenizer(data.get("pre_tokenizer"))
+    _need(isinstance(model, dict) and model.get("type", "BPE") == "BPE", "model.type", f"is {type_of(model)!r}, expected 'BPE'")
+    assert isinstance(model, dict)
+    _need(model.get("dropout") in (None, 0, 0.0), "model.dropout", f"is {model.get('dropout')!r}, expected null (dropout is for training)")
+    _need(not model.get("continuing_subword_prefix"), "model.continuing_subword_prefix", f"is {model.get('continuing_subword_prefix')!r}, expected null")
+    _need(not model.get("end_of_word_suffix"), "model.end_of_word_suffix", f"is {model.get('end_of_word_suffix')!r}, expected null")
     vocab = model.get("vocab")
-    _need(isinstance(vocab, dict) and vocab, "model.vocab", "is missing or empty")
+    _need(isinstance(vocab, dict) and bool(vocab), "model.vocab", "is missing or empty")
+    assert isinstance(vocab, dict)
     raw = model.get("merges") or []
     merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in raw]
     for m in merges:
         _need(len(m) == 2 and (m[0] + m[1]) in vocab, "model.merges", f"has {m!r} whose parts or result is not in model.vocab")
-    missing = [c for c in byte_map().values() if c not in vocab]
+    table = byte_map()
+    missing = [c for c in table.values() if c not in vocab]
+    # With all 256 byte symbols in the vocabulary no symbol is ever unknown, so unk_token, byte_fallback and
+    # fuse_unk never apply: they are accepted as found.
     _need(not missing, "model.vocab", f"lacks {len(missing)} of the 256 byte-level symbols")
-    added = list(data.get("added_tokens") or [])
-    for tok in added:
-        flags = [k for k in ("single_word", "lstrip", "rstrip") if tok.get(k)]
-        _need(tok.get("special") or not flags, f"added_tokens[{tok.get('content')!r}]", f"sets {flags}, which are not supported on non-special tokens")
-    return _Spec(split, vocab, merges, bool(model.get("ignore_merges", False)), added)
+    return _Spec(
+        vocab=vocab,
+        merges=merges,  # type: ignore[arg-type]
+        ignore_merges=bool(model.get("ignore_merges", False)),
+        added=_parse_added(data.get("added_tokens") or []),
+        normalizer=parse_normalizer(data.get("normalizer")),
+        pre_tokenizer=parse_pre_tokenizer(data.get("pre_tokenizer"), table),
+        decoder=parse_decoder(data.get("decoder"), table),
+        post_processor=parse_post_processor(data.get("post_processor")),
+    )
+
+
+class _AddedMatcher:
+    """HF's added-vocabulary split over one kind of text (raw or normalized): leftmost-longest, lstrip/rstrip, single_word."""
+
+    def __init__(self, tokens: Sequence[_AddedToken], key: Callable[[str], str]) -> None:
+        self._by_text = {key(t.content): t for t in tokens}
+        self._by_text.pop("", None)
+        alts = "|".join(re.escape(t) for t in sorted(self._by_text, key=len, reverse=True))
+        self._re = re.compile(alts) if alts else None
+
+    def split(self, text: str) -> list[tuple[str, _AddedToken | None]]:
+        if self._re is None or not text:
+            return [(text, None)] if text else []
+        out: list[tuple[str, _AddedToken | None]] = []
+        pos = 0
+        for m in self._re.finditer(text):
+            tok = self._by_text[m.group()]
+            start, stop = m.start(), m.end()
+            if start < pos:
+                continue
+            if tok.single_word and ((start > 0 and _is_word(text[start - 1])) or (stop < len(text) and _is_word(text[stop]))):
+                continue
+            if tok.lstrip:
+                while start > pos and _is_ws(text[start - 1]):
+                    start -= 1
+            if tok.rstrip:
+                while stop < len(text) and _is_ws(text[stop]):
+                    stop += 1
+            if start > pos:
+                out.append((text[pos:start], None))
+            out.append((text[start:stop], tok))
+            pos = stop
+        if pos < len(text):
+            out.append((text[pos:], None))
+        return out
+
+
+def _is_word(ch: str) -> bool:
+    return ch.isalnum() or ch == "_"
 
 
 class Tokenizer:
     """Byte-level BPE tokenizer built from a tokenizer.json text (see module docstring)."""
 
     def __init__(self, spec: _Spec) -> None:
-        self._split = re.compile(translate_pattern(spec.split))
+        self._normalize = spec.normalizer
+        self._pre_tokenize = spec.pre_tokenizer
+        self._decoder = spec.decoder
+        self._post = spec.post_processor
         self._vocab: dict[str, int] = dict(spec.vocab)
         self._ranks = {pair: r for r, pair in reversed(list(enumerate(spec.merges)))}
         self._ignore_merges = spec.ignore_merges
-        self._bytes = byte_map()
-        self._byte_table = [self._bytes[b] for b in range(256)]
-        self._unbyte = {c: b for b, c in self._bytes.items()}
         self._id_to_token: dict[int, str] = {i: t for t, i in self._vocab.items()}
         self._special: dict[str, int] = {}
         plain: dict[str, int] = {}
         for tok in spec.added:
-            self._id_to_token[tok["id"]] = tok["content"]
-            (self._special if tok.get("special") else plain)[tok["content"]] = tok["id"]
+            # HF keeps a normalized added token's normalized spelling as its token string (so it decodes that way).
+            self._id_to_token[tok.id] = self._normalize(tok.content) if tok.normalized and self._normalize else tok.content
+            (self._special if tok.special else plain)[tok.content] = tok.id
         self._plain_added = plain
-        # Leftmost-longest matching of non-special added tokens, like HF's added vocabulary.
-        self._plain_split = (
-            re.compile("|".join(re.escape(t) for t in sorted(plain, key=len, reverse=True))) if plain else None
-        )
+        # Which added tokens match where, as in HF: normalized=false ones on the raw text, the others after
+        # normalization. Specials join the matchers only for trusted text (see :meth:`encode`).
+        norm = self._normalize
+        self._raw = {s: _AddedMatcher([t for t in spec.added if not t.normalized and (s or not t.special)], str)
+                     for s in (False, True)}
+        self._normalized = {s: _AddedMatcher([t for t in spec.added if t.normalized and (s or not t.special)], norm)
+                            for s in (False, True)}
         self._special_re: re.Pattern[str] | None = None
         self._cache: dict[str, tuple[int, ...]] = {}
         self._id_bytes: dict[int, bytes] = {}
@@ -305,60 +376,35 @@ class Tokenizer:
         return self._id_to_token.get(int(i))
 
     # -- encoding ------------------------------------------------------------------------
-    def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
-        """Token ids of ``text``. No BOS/EOS is added.
+    def encode(self, text: str, *, allow_special: bool = False, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of ``text``.
 
         Special tokens spelled in ``text`` stay plain text unless ``allow_special`` is
         true (then they are split out like HF does; only for trusted template text).
+        ``add_special_tokens`` wraps the ids as the post-processor says (HF's default; off here, as in
+        transformers' chat templating, where the template writes the BOS itself).
         """
         ids: list[int] = []
-        for piece, tok_id in self._split_added(text, allow_special):
-            if tok_id is not None:
-                ids.append(tok_id)
-            else:
-                for word in self._split.findall(piece):
-                    ids.extend(self._word_ids(word))
-        return ids
-
-    def _split_added(self, text: str, allow_special: bool) -> Iterable[tuple[str, int | None]]:
-        """Yield (text, None) for ordinary runs and (content, id) for added tokens found in ``text``."""
-        if allow_special and self._special:
-            pattern = self.special_pattern()
-            pos = 0
-            for m in pattern.finditer(text):
-                yield from self._split_plain(text[pos : m.start()])
-                yield m.group(), self._special[m.group()]
-                pos = m.end()
-            yield from self._split_plain(text[pos:])
-        else:
-            yield from self._split_plain(text)
-
-    def _split_plain(self, text: str) -> Iterable[tuple[str, int | None]]:
-        if not text:
-            return
-        if self._plain_split is None:
-            yield text, None
-            return
-        pos = 0
-        for m in self._plain_split.finditer(text):
-            if m.start() > pos:
-                yield text[pos : m.start()], None
-            yield m.group(), self._plain_added[m.group()]
-            pos = m.end()
-        if pos < len(text):
-            yield text[pos:], None
+        for raw, tok in self._raw[allow_special].split(text):
+            if tok is not None:
+                ids.append(tok.id)
+                continue
+            for piece, ntok in self._normalized[allow_special].split(self._normalize(raw) if self._normalize else raw):
+                if ntok is not None:
+                    ids.append(ntok.id)
+                else:
+                    for word in self._pre_tokenize(piece):
+                        ids.extend(self._word_ids(word))
+        return self._post.apply(ids) if add_special_tokens else ids
 
     def _word_ids(self, word: str) -> tuple[int, ...]:
         cached = self._cache.get(word)
         if cached is not None:
             return cached
-        table = self._byte_table
-        symbols = [table[b] for b in word.encode("utf-8")]
-        joined = "".join(symbols)
-        if self._ignore_merges and joined in self._vocab:
-            out = (self._vocab[joined],)
+        if self._ignore_merges and word in self._vocab:
+            out: tuple[int, ...] = (self._vocab[word],)
         else:
-            out = tuple(self._vocab[s] for s in self._bpe(symbols))
+            out = tuple(self._vocab[s] for s in self._bpe(list(word)))
         if len(self._cache) >= _WORD_CACHE_MAX:
             self._cache.clear()
         self._cache[word] = out
@@ -380,21 +426,23 @@ class Tokenizer:
 
     # -- decoding ------------------------------------------------------------------------
     def token_bytes(self, i: int) -> bytes:
-        """The raw bytes a token stands for (the ByteLevel decoder's view of it)."""
+        """The raw bytes a token stands for (HF's ByteLevel decoder's view of it); b"" for an id without an entry."""
         out = self._id_bytes.get(i)
         if out is None:
             tok = self._id_to_token.get(int(i))
-            if tok is None:
-                raise ContractError(f"token id {i} is outside the vocabulary (size {self.vocab_size}); the model and tokenizer do not match")
-            unbyte = self._unbyte
-            out = b"".join(bytes([unbyte[c]]) if c in unbyte else c.encode("utf-8") for c in tok)
+            out = b"" if tok is None else self._decoder.token_bytes(tok)
             self._id_bytes[i] = out
         return out
 
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
-        """Text of ``ids``; invalid UTF-8 becomes U+FFFD, special tokens are dropped when ``skip_special``."""
+        """Text of ``ids`` as HF decodes them: invalid UTF-8 becomes U+FFFD, ids without an entry give "",
+        special tokens are dropped when ``skip_special``."""
         special = self.special_ids if skip_special else frozenset()
-        data = b"".join(self.token_bytes(i) for i in ids if int(i) not in special)
+        keep = [int(i) for i in ids if int(i) not in special]
+        if self._decoder.per_token:
+            data = b"".join(self.token_bytes(i) for i in keep)
+        else:
+            data = self._decoder.tokens_bytes([t for t in map(self._id_to_token.get, keep) if t is not None])
         return data.decode("utf-8", errors="replace")
 
     def stream_decoder(self, skip_special: bool = True) -> StreamDecoder:
@@ -413,13 +461,27 @@ class StreamDecoder:
         self._tok = tokenizer
         self._skip = tokenizer.special_ids if skip_special else frozenset()
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        # Decoders whose output for a token depends on its neighbours (Fuse, Strip...) re-decode the ids so far.
+        self._ids: list[int] | None = None if tokenizer._decoder.per_token else []
+        self._sent = ""
 
     def push(self, token_id: int) -> str:
-        """Add one id; return the text that is now complete (possibly empty)."""
+        """Add one id; return the text that is now complete (possibly empty). O(1) per id for ByteLevel decoders."""
         if int(token_id) in self._skip:
             return ""
-        return self._utf8.decode(self._tok.token_bytes(token_id))
+        if self._ids is None:
+            return self._utf8.decode(self._tok.token_bytes(token_id))
+        self._ids.append(int(token_id))
+        text = self._tok.decode(self._ids, skip_special=False)
+        if text.endswith("\ufffd"):
+            return ""
+        new, self._sent = text[len(self._sent):], text
+        return new
 
     def flush(self) -> str:
         """End of stream: return what is left (an incomplete character becomes U+FFFD)."""
-        return self._utf8.decode(b"", final=True)
+        if self._ids is None:
+            return self._utf8.decode(b"", final=True)
+        text = self._tok.decode(self._ids, skip_special=False)
+        new, self._sent = text[len(self._sent):], text
+        return new

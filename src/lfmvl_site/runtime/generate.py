@@ -17,9 +17,9 @@ from ..errors import Cancelled, ContractError
 from .backend import Backend, Session, TensorInfo
 from .modelconfig import TextModelConfig, parse_json
 from .preprocess import ImageInputs, ProcessorConfig, preprocess
-from .prompt import build_prompt_ids, chat_template_text, template_tokens
+from .prompt import build_prompt_ids, load_chat_template, template_tokens
 from .sampling import Sampler, SamplingSettings
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, check_vocabulary
 
 # Decoder inputs that are not caches.
 _NON_CACHE_INPUTS = {"input_ids", "inputs_embeds", "attention_mask", "position_ids"}
@@ -182,7 +182,8 @@ class Captioner:
         tokenizer_config_text = await optional("tokenizer_config.json")
         tokenizer_config = parse_json(tokenizer_config_text, "tokenizer_config.json") if tokenizer_config_text else {}
         tokenizer = Tokenizer.from_json(await backend.read_text("tokenizer.json"))
-        template = chat_template_text(await optional("chat_template.jinja"), tokenizer_config)
+        check_vocabulary(tokenizer.vocab_size, text_config.vocab_size)
+        template = await load_chat_template(optional, processor, tokenizer_config)
         sessions = {role: await backend.open_session(role) for role in ("embed_tokens", "embed_images", "decoder")}
         captioner = cls(
             backend,

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 from lfmvl_site.errors import ContractError, InputError
+from lfmvl_site.runtime.modelconfig import parse_json
 from lfmvl_site.runtime.tokenizer import Tokenizer
 
 try:  # the dataclass lives with preprocessing; see docs/ARCHITECTURE.md
@@ -39,6 +40,7 @@ __all__ = [
     "build_prompt_ids",
     "chat_template_text",
     "expand_image",
+    "load_chat_template",
     "render_chat_template",
     "template_tokens",
 ]
@@ -46,12 +48,30 @@ __all__ = [
 _DEFAULT_TOKENS = {"bos_token": "<|startoftext|>", "eos_token": "<|im_end|>", "pad_token": "<|pad|>"}
 
 
-@lru_cache(maxsize=4)
-def _compile(template_text: str) -> Any:
-    """A jinja2 template in the environment transformers uses for chat templates."""
+def _environment() -> Any:
+    """The jinja2 environment transformers (5.x ``chat_template_utils``) compiles chat templates in.
+
+    Same sandbox, flags, filters and globals: ``{% generation %}`` blocks (transformers' assistant-mask
+    extension; rendered as their body), ``loopcontrols``, ``raise_exception``, ``strftime_now``, a ``tojson``
+    that does not escape HTML and takes json.dumps' arguments, and ``dict``/``namespace`` that refuse
+    underscore names. Written here because transformers is not available in Pyodide.
+    """
     import jinja2
     import jinja2.ext
+    import jinja2.nodes
+    import jinja2.utils
     from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class GenerationBlock(jinja2.ext.Extension):
+        tags: ClassVar[set[str]] = {"generation"}
+
+        def parse(self, parser: Any) -> Any:
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller: Any) -> str:
+            return str(caller())
 
     def raise_exception(message: str) -> None:
         raise jinja2.exceptions.TemplateError(message)
@@ -63,14 +83,47 @@ def _compile(template_text: str) -> Any:
     def strftime_now(fmt: str) -> str:
         return datetime.now().strftime(fmt)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    class TemplateDict:
+        def __call__(self, *args: Any, **kwargs: Any) -> dict:
+            return dict(*args, **kwargs)
+
+        def fromkeys(self, *args: Any, **kwargs: Any) -> dict:
+            return dict.fromkeys(*args, **kwargs)
+
+    def _check_name(name: object) -> None:
+        if isinstance(name, str) and name.startswith("_"):
+            raise jinja2.exceptions.SecurityError(f"chat templates cannot store underscore-prefixed attributes on a namespace ({name!r})")
+
+    class TemplateNamespace(jinja2.utils.Namespace):
+        def __init__(*args: Any, **kwargs: Any) -> None:
+            self, rest = args[0], args[1:]
+            attrs = dict(*rest, **kwargs)
+            for name in attrs:
+                _check_name(name)
+            jinja2.utils.Namespace.__init__(self, attrs)
+
+        def __setitem__(self, name: str, value: Any) -> None:
+            _check_name(name)
+            jinja2.utils.Namespace.__setitem__(self, name, value)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationBlock, jinja2.ext.loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now
+    env.globals["dict"] = TemplateDict()
+    env.globals["namespace"] = TemplateNamespace
+    return env
+
+
+@lru_cache(maxsize=4)
+def _compile(template_text: str) -> Any:
+    """A compiled chat template (see :func:`_environment`)."""
+    import jinja2
+
     try:
-        return env.from_string(template_text)
+        return _environment().from_string(template_text)
     except jinja2.exceptions.TemplateSyntaxError as exc:
-        raise ContractError(f"chat_template.jinja does not parse (line {exc.lineno}: {exc.message}); re-download the model files") from exc
+        raise ContractError(f"the chat template does not parse (line {exc.lineno}: {exc.message}); re-download the model files") from exc
 
 
 def template_tokens(tokenizer_config: Mapping[str, Any] | None) -> dict[str, str]:
@@ -84,14 +137,65 @@ def template_tokens(tokenizer_config: Mapping[str, Any] | None) -> dict[str, str
     return out
 
 
-def chat_template_text(chat_template_jinja: str | None, tokenizer_config: Mapping[str, Any] | None) -> str:
-    """The model's template: chat_template.jinja, else tokenizer_config.json's ``chat_template`` string."""
-    if chat_template_jinja:
-        return chat_template_jinja
-    embedded = (tokenizer_config or {}).get("chat_template")
-    if isinstance(embedded, str) and embedded:
-        return embedded
-    raise ContractError("the model has no chat template (no chat_template.jinja, no tokenizer_config.json 'chat_template'); re-download the model files")
+def _default_template(value: Any, where: str) -> str | None:
+    """A template from ``where``: a string, or the ``default`` of named templates (a dict, or tokenizer_config's
+    list of ``{"name", "template"}``), as transformers resolves them when no name is asked for."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, list):
+        try:
+            value = {t["name"]: t["template"] for t in value}
+        except (TypeError, KeyError) as exc:
+            raise ContractError(f"{where}: chat_template is a list but not of {{'name', 'template'}} entries; re-download the model files") from exc
+    if isinstance(value, Mapping):
+        if "default" in value and isinstance(value["default"], str):
+            return str(value["default"])
+        raise ContractError(f"{where}: chat_template has named templates {sorted(value)} but none named 'default'; this runtime needs a default")
+    raise ContractError(f"{where}: chat_template is {type(value).__name__}, expected a string; re-download the model files")
+
+
+def chat_template_text(
+    chat_template_jinja: str | None,
+    tokenizer_config: Mapping[str, Any] | None,
+    *,
+    processor_config: Mapping[str, Any] | None = None,
+    chat_template_json: str | None = None,
+) -> str:
+    """The template transformers' processor would render with (its ``_resolve_chat_template``).
+
+    Order, as ``ProcessorMixin.from_pretrained`` loads it: processor_config.json's ``chat_template``, then the legacy
+    chat_template.json, then chat_template.jinja. A processor without any of them has no template in transformers;
+    here the tokenizer's (tokenizer_config.json's ``chat_template``: a string or a named list) is used instead, which
+    is what ``tokenizer.apply_chat_template`` renders.
+    """
+    found = _default_template((processor_config or {}).get("chat_template"), "processor_config.json")
+    if found is None and chat_template_json:
+        legacy = parse_json(chat_template_json, "chat_template.json")
+        found = _default_template(legacy.get("chat_template") if isinstance(legacy, dict) else None, "chat_template.json")
+    if found is None and chat_template_jinja:
+        found = chat_template_jinja
+    if found is None:
+        found = _default_template((tokenizer_config or {}).get("chat_template"), "tokenizer_config.json")
+    if found is None:
+        raise ContractError("the model has no chat template (no chat_template.jinja, chat_template.json, or 'chat_template' in "
+                            "processor_config.json or tokenizer_config.json); re-download the model files")
+    return found
+
+
+async def load_chat_template(
+    read_optional: Callable[[str], Awaitable[str | None]],
+    processor_config: Mapping[str, Any] | None,
+    tokenizer_config: Mapping[str, Any] | None,
+) -> str:
+    """Read the template files a model directory may hold (through the backend's reader) and pick as above."""
+    return chat_template_text(
+        await read_optional("chat_template.jinja"),
+        tokenizer_config,
+        processor_config=processor_config,
+        chat_template_json=await read_optional("chat_template.json"),
+    )
 
 
 def render_chat_template(

@@ -47,7 +47,7 @@ from lfmvl_site.runtime.tokenizer_parts import (
     type_of,
 )
 
-__all__ = ["StreamDecoder", "Tokenizer", "byte_map", "translate_pattern", "unicode_classes"]
+__all__ = ["StreamDecoder", "Tokenizer", "byte_map", "check_vocabulary", "translate_pattern", "unicode_classes"]
 
 # Unicode White_Space (what Oniguruma's \s matches); Python's \s also matches U+001C..U+001F.
 _WHITE_SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
@@ -292,6 +292,19 @@ class _AddedMatcher:
 
 def _is_word(ch: str) -> bool:
     return ch.isalnum() or ch == "_"
+
+
+def check_vocabulary(entries: int, rows: int) -> None:
+    """The tokenizer's ids (``entries``: one more than its highest id) must fit the model's embedding / lm_head rows.
+
+    Fewer entries than rows is normal (LFM2: 64,400 entries, 65,536 rows): the extra rows decode to nothing and
+    generation masks them. More entries than rows means the tokenizer belongs to another model.
+    """
+    if entries > rows:
+        raise ContractError(
+            f"tokenizer.json has ids up to {entries - 1} but config.json's vocab_size is {rows}: the tokenizer belongs to "
+            "another model; use the tokenizer.json and config.json of the same model"
+        )
 
 
 class Tokenizer:

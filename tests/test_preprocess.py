@@ -254,8 +254,8 @@ def test_unsupported_resample_is_refused(resample, processor_json):
     ("patch", "message"),
     [
         ({"min_tiles": 0}, "min_tiles"),
-        ({"min_tiles": 5, "max_tiles": 3}, "min_tiles"),
         ({"tile_size": 500}, "tile_size"),
+        ({"min_tiles": 5, "max_tiles": 3}, "min_tiles"),
         ({"image_mean": [0.5, 0.5]}, "image_mean"),
         ({"do_pad": False}, "do_pad"),
         ({"max_pixels_tolerance": "2"}, "max_pixels_tolerance"),
@@ -359,6 +359,11 @@ def test_resize_matches_torchvision(h, w, oh, ow, resample):
         {"max_pixels_tolerance": 1.5},
         {"tile_size": 256},
         {"min_image_tokens": 16, "max_image_tokens": 64},
+        {"min_tiles": 1},
+        {"min_tiles": 1, "max_tiles": 1},
+        {"tile_size": 14, "encoder_patch_size": 2},
+        {"tile_size": 14, "encoder_patch_size": 2, "min_image_tokens": 4, "max_image_tokens": 16},
+        {"tile_size": 30, "encoder_patch_size": 2, "min_tiles": 1, "max_tiles": 6},
     ],
     ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()),
 )

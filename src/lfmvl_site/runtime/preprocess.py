@@ -161,14 +161,14 @@ class ProcessorConfig:
             raise ContractError(
                 f"processor_config.json: min_tiles={self.min_tiles} > max_tiles={self.max_tiles}; fix the file."
             )
-        if self.do_image_splitting and self.min_tiles < 2:
-            # A 1x1 grid makes transformers emit the thumbnail's token count for a full tile (a count mismatch).
-            raise ContractError("processor_config.json: min_tiles must be >= 2 when do_image_splitting is true.")
-        if self.tile_size % (self.encoder_patch_size * self.downsample_factor):
+        if self.tile_size % self.encoder_patch_size:
+            # transformers cannot cut such a tile into patches either (its reshape fails).
             raise ContractError(
-                f"processor_config.json: tile_size={self.tile_size} is not a multiple of encoder_patch_size x "
-                f"downsample_factor ({self.encoder_patch_size * self.downsample_factor}); fix the file."
+                f"processor_config.json: tile_size={self.tile_size} is not a multiple of encoder_patch_size="
+                f"{self.encoder_patch_size}, so a tile cannot be cut into patches; fix the file."
             )
+        if self.do_image_splitting and self.min_tiles < 1:
+            raise ContractError(f"processor_config.json: min_tiles={self.min_tiles}; a grid needs at least 1 tile, fix the file.")
         if self.do_normalize and min(self.image_std) <= 0:
             raise ContractError("processor_config.json: image_std values must be positive; fix the file.")
 
@@ -311,9 +311,21 @@ def _tokens_for(h: int, w: int, cfg: ProcessorConfig) -> int:
 def plan_image(height: int, width: int, cfg: ProcessorConfig) -> _Plan:
     """Everything about one image that depends only on its size (cached: a webcam repeats one size)."""
     new_h, new_w = smart_resize(height, width, cfg)
-    splitting = cfg.do_image_splitting  # validate() guarantees min_tiles >= 2, so a split has >= 2 tiles
+    # As transformers: min_tiles == max_tiles == 1 means no splitting at all.
+    splitting = cfg.do_image_splitting and not cfg.min_tiles == cfg.max_tiles == 1
     if splitting and is_too_large(height, width, cfg):
         gw, gh = grid_for(height, width, cfg)
+        if gw * gh == 1:
+            # transformers resizes the image to one tile, adds no thumbnail and counts placeholders from the
+            # smart-resize size: the model only runs when the two token counts agree.
+            tokens = _tokens_for(new_h, new_w, cfg)
+            if tokens != cfg.tile_tokens:
+                raise InputError(
+                    f"this {width}x{height} image gets a 1x1 tile grid ({cfg.tile_tokens} features) but "
+                    f"{tokens} placeholders in transformers' processor, so the model cannot run on it; "
+                    "set min_tiles >= 2 in processor_config.json or resize the image"
+                )
+            return _Plan((1, 1), None, ImageLayout(rows=0, cols=0, tile_tokens=cfg.tile_tokens, image_tokens=tokens))
         thumb = (new_h, new_w) if cfg.use_thumbnail else None
         tokens = _tokens_for(new_h, new_w, cfg) if thumb else 0
         return _Plan((gw, gh), thumb, ImageLayout(rows=gh, cols=gw, tile_tokens=cfg.tile_tokens, image_tokens=tokens))

@@ -163,4 +163,5 @@ def test_full_prompt_with_image_matches_hf(hf_model: Any, sessions: dict[str, An
     got = sessions["decoder"].run(["logits"], feeds)[0]
     with torch.no_grad():
         ref = hf_model(**inputs).logits.numpy()
-    assert np.abs(got - ref).max() < TOL
+    # Relative to the logits' range: the image rows are large (synth IMAGE_GAIN) and float32 rounding scales with them.
+    assert np.abs(got - ref).max() < 2e-5 * np.abs(ref).max()

@@ -116,6 +116,20 @@ def hub(tiny_model_dir: Path, tmp_path: Path) -> Iterator[StandInHub]:
     server.close()
 
 
+@pytest.fixture
+def hub450(tmp_path: Path) -> Iterator[StandInHub]:
+    """The tiny model in the 450M file layout as a hub repo, publishing decoder_model_merged_q4 too."""
+    from lfmvl_site.synth import write_model
+
+    root = write_model(tmp_path / "repo450", seed=0, size="tiny", layout="450m")
+    dec = onnx.load(str(root / "onnx" / "decoder_model_merged.onnx"))
+    q4 = quantize_q4(dec, exclude=[find_lm_head(dec).name], progress=False)
+    save_sharded(q4, root / "onnx" / "decoder_model_merged_q4.onnx", max_shard_bytes=2**31)
+    server = StandInHub(root)
+    yield server
+    server.close()
+
+
 BUILD = """
 import json, sys
 from pathlib import Path
@@ -225,3 +239,52 @@ def test_caption_from_the_hub_fetches_only_its_files_and_matches_a_local_run(hub
     local = asyncio.run(Captioner.load(NativeBackend(hub.root, precision=HUB_PRECISION)))
     ref = asyncio.run(local.caption(pixels, "Describe this image.", settings=SamplingSettings(max_new_tokens=6)))
     assert ours["token_ids"] == ref.token_ids
+
+
+def test_hub_450m_layout_is_recognised_for_build_and_caption(hub450: StandInHub, tmp_path: Path) -> None:
+    """A repo in the 450M layout (vision_encoder / decoder_model_merged): recognised through HEAD requests, without
+    downloading a graph the preset does not need; build and caption use its own file names."""
+    rc, out = _build(hub450.url, tmp_path / "hf", tmp_path / "dist" / "model")
+    assert rc == 0, out
+    assert out["graphs"]["decoder"][0]["made_from"] == "onnx/decoder_model_merged_q4.onnx"
+    assert out["graphs"]["embed_images"][0]["made_from"] == "onnx/vision_encoder.onnx"
+    got = hub450.gets()
+    assert "onnx/decoder_model_merged.onnx_data" not in got and "onnx/decoder_model_merged.onnx" not in got
+    assert not any(rel.startswith(("onnx/embed_images", "onnx/decoder.", "onnx/decoder_q4")) for rel in got)
+
+    import asyncio
+
+    import numpy as np
+    from PIL import Image
+
+    from lfmvl_site.caption import HUB_PRECISION
+    from lfmvl_site.runtime.generate import Captioner
+    from lfmvl_site.runtime.native import NativeBackend
+    from lfmvl_site.runtime.sampling import SamplingSettings
+
+    pixels = np.random.default_rng(2).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "frame.png")
+    exe = Path(sys.executable).with_name("lfmvl-site")
+    proc = subprocess.run([str(exe), "caption", str(tmp_path / "frame.png"), "--model", REPO, "--json",
+                           "--max-new-tokens", "4"], env=_hub_env(hub450.url, tmp_path / "hf2"), capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ours = json.loads(proc.stdout.strip().splitlines()[-1])
+    local = asyncio.run(Captioner.load(NativeBackend(hub450.root, precision=HUB_PRECISION)))
+    ref = asyncio.run(local.caption(pixels, "Describe this image.", settings=SamplingSettings(max_new_tokens=4)))
+    assert ours["token_ids"] == ref.token_ids
+
+
+def test_hub_repo_with_neither_layout_is_a_clear_error(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    (root / "onnx").mkdir(parents=True)
+    for name in ("config.json", "tokenizer.json"):
+        (root / name).write_text("{}")
+    (root / "onnx" / "model.onnx").write_bytes(b"")
+    server = StandInHub(root)
+    try:
+        rc, out = _build(server.url, tmp_path / "hf", tmp_path / "dist" / "model")
+    finally:
+        server.close()
+    assert rc == 3 and out["error"] == "ModelFileError", out
+    assert "neither published file layout" in out["message"] and "vision_encoder" in out["message"], out

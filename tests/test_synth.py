@@ -161,10 +161,69 @@ def test_vision_operators(tiny_model_dir: Path) -> None:
     assert gelus == ["none"] + ["tanh"] * v["num_hidden_layers"]
     for n in nodes:
         if n.op_type == "MultiHeadAttention":
-            assert len(n.input) == 6 and n.input[5]  # attention_bias
+            assert len(n.input) == 8 and n.input[5]  # attention_bias, as the exporter writes it
         if n.op_type == "Resize":
             a = _attrs(n)
             assert (a["mode"], a["coordinate_transformation_mode"]) == (b"linear", b"half_pixel")
+
+
+def _consumers(model: onnx.ModelProto, tensor: str) -> list[tuple[str, dict[str, Any], int]]:
+    return sorted((n.op_type, _attrs(n), len(n.output)) for n in model.graph.node if tensor in n.input)
+
+
+def test_vision_graph_reads_spatial_shapes_as_liquid_ais_exporter_does(tiny_model_dir: Path) -> None:
+    """Against the graph Liquid AI's exporter wrote (shared/fixtures/liquidonnx-tiny): spatial_shapes feeds the same
+    operators with the same attributes (a ReduceMax over tiles and a two-way Split into height and width columns, int64
+    shape arithmetic that runs on the CPU under WebGPU), and the graph uses the exporter's operator set."""
+    from support import shared_fixture
+
+    real = onnx.load(str(shared_fixture("liquidonnx-tiny", "export", "onnx", "embed_images.onnx")), load_external_data=False)
+    ours = _load(tiny_model_dir, "embed_images")
+    assert _consumers(ours, "spatial_shapes") == _consumers(real, "spatial_shapes")
+    assert ("Split", {"axis": 1, "num_outputs": 2}, 2) in _consumers(ours, "spatial_shapes")
+    ops = lambda m: {(n.domain or "", n.op_type) for n in m.graph.node}
+    assert ops(ours) == ops(real)
+    mha = lambda m: [len(n.input) for n in m.graph.node if n.op_type == "MultiHeadAttention"]
+    assert set(mha(ours)) == set(mha(real))
+
+
+def _frames() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng
+    ramp = np.linspace(0, 255, 320).astype(np.uint8)
+    return {
+        "noise-a": rng(5).integers(0, 256, (240, 320, 3), dtype=np.uint8),
+        "noise-b": rng(6).integers(0, 256, (240, 320, 3), dtype=np.uint8),
+        "noise-vga": rng(7).integers(0, 256, (480, 640, 3), dtype=np.uint8),
+        "noise-tiled": rng(8).integers(0, 256, (1100, 1000, 3), dtype=np.uint8),
+        "gray": np.full((240, 320, 3), 127, np.uint8),
+        "red": np.tile(np.array([255, 0, 0], np.uint8), (240, 320, 1)),
+        "ramp": np.stack([np.tile(ramp, (240, 1))] * 3, -1),
+    }
+
+
+def test_captions_depend_on_the_image(tiny_model_dir: Path) -> None:
+    """Greedy captions on native onnxruntime: any two different frames part within the first 3 tokens (so token
+    equality with transformers exercises the vision path), and the same frame gives the same ids."""
+    import asyncio
+
+    from lfmvl_site.runtime.generate import Captioner
+    from lfmvl_site.runtime.native import NativeBackend
+    from lfmvl_site.runtime.sampling import SamplingSettings
+
+    captioner = asyncio.run(Captioner.load(NativeBackend(tiny_model_dir)))
+    settings = SamplingSettings(max_new_tokens=6)
+
+    def ids(frame: np.ndarray) -> list[int]:
+        return asyncio.run(captioner.caption(frame, "Describe this image.", settings=settings)).token_ids
+
+    got = {name: ids(frame) for name, frame in _frames().items()}
+    assert all(len(v) == 6 for v in got.values()), got  # no early eos: the comparison below is over real tokens
+    names = list(got)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert got[a][:3] != got[b][:3], (a, b, got[a], got[b])
+    for name, frame in _frames().items():  # fresh arrays, same pixels
+        assert ids(frame.copy()) == got[name], name
 
 
 def test_same_seed_is_byte_identical_other_seed_differs(tmp_path: Path) -> None:

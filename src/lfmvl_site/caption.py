@@ -54,13 +54,13 @@ def _download(repo_id: str, revision: str | None) -> Path:
     """Fetch (or reuse from the huggingface_hub cache) only the files ``caption`` runs."""
     import onnx
 
-    from .model.resolve import CONFIG_FILES, REQUIRED_CONFIG_FILES, HubSource, external_locations, graph_relpath
+    from .model.resolve import CONFIG_FILES, REQUIRED_CONFIG_FILES, HubSource, external_locations
 
     source = HubSource(repo_id, revision, progress=True)
     for name in CONFIG_FILES:
         (source.require if name in REQUIRED_CONFIG_FILES else source.get)(name)
     for role, precision in HUB_PRECISION.items():
-        graph = source.require(graph_relpath(role, precision))
+        graph = source.require(source.graph_relpath(role, precision))
         for location in external_locations(onnx.load(str(graph), load_external_data=False)):
             source.require(f"onnx/{location}")
     return graph.parent.parent  # the snapshot folder: the published layout, as a local directory

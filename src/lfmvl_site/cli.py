@@ -44,17 +44,21 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Weights are deterministic from this seed.")
 @click.option(
     "--size",
-    type=click.Choice(["tiny", "mid", "full"]),
+    type=click.Choice(["tiny", "mid", "full", "450m"]),
     default="tiny",
     show_default=True,
-    help="tiny: test fixture (seconds); mid: hundreds of MB; full: the real 1.6B dimensions (random weights).",
+    help="tiny: test fixture (seconds); mid: hundreds of MB; full / 450m: the real 1.6B / 450M dimensions "
+    "(random weights).",
 )
+@click.option("--layout", type=click.Choice(["1.6b", "450m"]), default=None,
+              help="File layout: 1.6b (onnx/embed_images, decoder) or 450m (onnx/vision_encoder, decoder_model_merged). "
+              "Default: 450m for --size 450m, else 1.6b.")
 @_clean_errors
-def synth_model(out_dir: Path, seed: int, size: str) -> None:
-    """Write a synthetic model directory with the published LFM2.5-VL-1.6B-ONNX layout."""
+def synth_model(out_dir: Path, seed: int, size: str, layout: str | None) -> None:
+    """Write a synthetic model directory in a published LFM2.5-VL ONNX file layout."""
     from .synth import write_model
 
-    path = write_model(out_dir, seed=seed, size=size)
+    path = write_model(out_dir, seed=seed, size=size, layout=layout)
     click.echo(str(path))
 
 

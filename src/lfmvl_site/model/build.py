@@ -88,11 +88,11 @@ def _make_variants(source: Source, options: ModelBuildOptions, text_cfg: dict[st
     out: list[_Variant] = []
     for role, precisions in variant_plan(options).items():
         for precision in precisions:
-            rel = graph_relpath(role, precision)
+            rel = source.graph_relpath(role, precision)  # the source's own file layout (1.6B or 450M naming)
             model = load_graph(source, rel) if precision != "fp32" else None
             made_from = rel
             if model is None:  # not published: make it from fp32
-                base = graph_relpath(role, "fp32")
+                base = source.graph_relpath(role, "fp32")
                 if role not in fp32_cache:
                     loaded = load_graph(source, base)
                     if loaded is None:

@@ -1,5 +1,8 @@
 """The graphs' I/O contract: what the runtime feeds and reads (design doc §1), checked before anything is written.
 
+The same contract holds for both published layouts (LFM2.5-VL-1.6B-ONNX and -450M-ONNX name their files
+differently, runtime/layout.py, but expose the same I/O names); the dimensions come from config.json.
+
 :func:`check_io` works on :class:`~lfmvl_site.runtime.backend.TensorInfo` lists, so a host that reads I/O from
 its backend can reuse it; :func:`graph_io` reads them from an ONNX proto (onnx imported lazily).
 """
@@ -74,7 +77,7 @@ def check_io(
     if problems:
         raise ContractError(
             f"{file} ({role}) does not match the graph contract the runtime drives: " + "; ".join(problems)
-            + ". Use the published LFM2.5-VL-1.6B-ONNX export (design doc §1) or fix the export."
+            + ". Use a published LFM2.5-VL ONNX export (1.6B or 450M; design doc §1) or fix the export."
         )
 
 

@@ -1,8 +1,10 @@
 """Model sources: the Hugging Face hub (through huggingface_hub), a local directory, or the synthetic tiny model.
 
 A source answers ``get(relpath) -> Path | None`` (None = the file is not part of the model), downloading lazily
-so that only the files the chosen preset needs are fetched. :func:`load_graph` loads a graph with its external
-data after checking that every tensor's bytes are really there (a truncated file is a clear ModelFileError).
+so that only the files the chosen preset needs are fetched. Its ``layout`` (the 1.6B or the 450M file naming,
+runtime/layout.py) is recognised from the files present, and ``graph_relpath(role, precision)`` names its graph
+files. :func:`load_graph` loads a graph with its external data after checking that every tensor's bytes are
+really there (a truncated file is a clear ModelFileError).
 """
 
 from __future__ import annotations
@@ -17,12 +19,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ..errors import BuildError, ModelFileError
+from ..runtime.layout import (
+    DEFAULT_LAYOUT,
+    SUFFIXES,
+    detect_layout,
+    graph_file,
+    probe_layout,
+)
 from .options import ModelBuildOptions
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
-SUFFIX = {"fp32": "", "fp16": "_fp16", "q4": "_q4"}
 CONFIG_FILES = ("config.json", "generation_config.json", "processor_config.json", "tokenizer.json",
                 "tokenizer_config.json", "chat_template.jinja")
 REQUIRED_CONFIG_FILES = ("config.json", "processor_config.json", "tokenizer.json", "tokenizer_config.json")
@@ -31,18 +39,35 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SHA1 = re.compile(r"[0-9a-f]{40}")
 
 
-def graph_relpath(role: str, precision: str) -> str:
-    """``onnx/<role><suffix>.onnx``, the published naming (fp32 has no suffix)."""
-    return f"onnx/{role}{SUFFIX[precision]}.onnx"
+def graph_relpath(role: str, precision: str, layout: str = DEFAULT_LAYOUT) -> str:
+    """``onnx/<stem><suffix>.onnx`` in ``layout`` (fp32 has no suffix); the built ``dist/model`` uses the default."""
+    if precision not in SUFFIXES:
+        raise BuildError(f"Unknown precision {precision!r}; use one of {', '.join(SUFFIXES)}.")
+    return graph_file(role, precision, layout)
 
 
 class Source:
     """Files of one model; ``info`` is the manifest's ``source`` entry."""
 
     info: dict[str, Any]
+    _layout: str | None = None
 
     def get(self, relpath: str) -> Path | None:  # pragma: no cover - interface
         raise NotImplementedError
+
+    @property
+    def layout(self) -> str:
+        """The published file layout of this model (``"1.6b"`` or ``"450m"``), recognised on first use."""
+        if self._layout is None:
+            self._layout = self._detect_layout()
+        return self._layout
+
+    def _detect_layout(self) -> str:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def graph_relpath(self, role: str, precision: str) -> str:
+        """The file of ``role`` at ``precision`` in this source's layout."""
+        return graph_relpath(role, precision, self.layout)
 
     def require(self, relpath: str) -> Path:
         path = self.get(relpath)
@@ -66,6 +91,11 @@ class LocalSource(Source):
     def get(self, relpath: str) -> Path | None:
         path = self.root / relpath
         return path if path.is_file() else None
+
+    def _detect_layout(self) -> str:
+        folder = self.root / "onnx"
+        names = [p.name for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
+        return detect_layout(names, self.describe())
 
     def describe(self) -> str:
         return f"model directory {self.root}"
@@ -93,6 +123,30 @@ class HubSource(Source):
 
     def get(self, relpath: str) -> Path | None:
         return self._download(relpath, self.commit or self.requested)
+
+    def _detect_layout(self) -> str:
+        return probe_layout(self.exists, self.describe())
+
+    def exists(self, relpath: str) -> bool:
+        """Whether the repo has ``relpath``, without downloading it: the huggingface_hub cache first, then a HEAD."""
+        from huggingface_hub import HfApi, try_to_load_from_cache
+        from huggingface_hub.errors import OfflineModeIsEnabled
+
+        revision = self.commit or self.requested
+        cached = try_to_load_from_cache(self.repo_id, relpath, revision=revision)
+        if isinstance(cached, str):
+            return True
+        if cached is not None:  # huggingface_hub's "known absent" marker
+            return False
+        try:
+            return bool(HfApi().file_exists(self.repo_id, relpath, revision=revision))
+        except OfflineModeIsEnabled:
+            return False  # offline and not cached: as good as absent for this run
+        except OSError as exc:
+            raise ModelFileError(
+                f"Could not ask {self.repo_id} whether it has {relpath}: {exc}. Check the network (or HF_ENDPOINT), "
+                "or use a cached copy with HF_HUB_OFFLINE=1, or a local copy with --model-dir."
+            ) from exc
 
     def _download(self, relpath: str, revision: str | None) -> Path | None:
         from huggingface_hub import hf_hub_download, try_to_load_from_cache
@@ -168,7 +222,11 @@ def _commit_of(snapshot_file: Path) -> str | None:
 
 @contextlib.contextmanager
 def _progress_bars(enabled: bool) -> Iterator[None]:
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from huggingface_hub.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
 
     was_disabled = are_progress_bars_disabled()
     if not enabled and not was_disabled:

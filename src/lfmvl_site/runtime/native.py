@@ -1,7 +1,8 @@
 """Backend on native onnxruntime (CPython only): how ``lfmvl-site caption`` and the tests run.
 
-A model directory is either the published layout (``onnx/<role><suffix>.onnx``)
-or a built ``dist/model`` whose ``manifest.json`` names each role's variants.
+A model directory is either a published layout (``onnx/<stem><suffix>.onnx``, the 1.6B or the 450M naming of
+runtime/layout.py, recognised from the files present) or a built ``dist/model`` whose ``manifest.json`` names each
+role's variants.
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import ContractError, ModelFileError
 from .backend import Backend, Session, TensorInfo
+from .layout import ROLES, detect_layout, graph_file
 
-ROLES = ("embed_tokens", "embed_images", "decoder")
-# File-name suffix of each precision in the published layout.
-SUFFIXES = {"fp32": "", "fp16": "_fp16", "q4": "_q4", "q8": "_q8"}
 # onnxruntime's type strings → numpy dtype names.
 _ORT_TYPES = {
     "tensor(float)": "float32",
@@ -75,6 +74,7 @@ class NativeBackend(Backend):
         self.threads = threads
         manifest = self.root / "manifest.json"
         self.manifest = json.loads(manifest.read_text()) if manifest.is_file() else None
+        self._layout: str | None = None
 
     async def read_text(self, relpath: str) -> str:
         path = self.root / relpath
@@ -94,7 +94,11 @@ class NativeBackend(Backend):
                 if wanted is None or variant.get("precision") == wanted:
                     return self.root / variant["file"]
             raise ModelFileError(f"{self.root / 'manifest.json'} has no {wanted or 'usable'} variant for {role}.")
-        return self.root / "onnx" / f"{role}{SUFFIXES.get(wanted or 'fp32', '_' + str(wanted))}.onnx"
+        if self._layout is None:
+            folder = self.root / "onnx"
+            names = [p.name for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
+            self._layout = detect_layout(names, f"Model directory {self.root}")
+        return self.root / graph_file(role, wanted or "fp32", self._layout)
 
     async def open_session(self, graph: str) -> Session:
         import onnxruntime as ort

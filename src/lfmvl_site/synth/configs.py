@@ -61,7 +61,17 @@ PRESETS: dict[str, SizePreset] = {
         layer_types=tuple(REAL_LAYER_TYPES), max_positions=128000,
         v_hidden=1152, v_ff=4304, v_layers=27, v_heads=16, projector_hidden=2048,
     ),
+    # The real LFM2.5-VL-450M dimensions (its config.json: LFM2-350M text model, SigLIP2 NaFlex base vision tower),
+    # random weights. Same 16-layer pattern as the 1.6B.
+    "450m": SizePreset(
+        vocab_size=REAL_VOCAB_SIZE, hidden=1024, block_ff_dim=6656, block_multiple_of=256, heads=16, kv_heads=8,
+        layer_types=tuple(REAL_LAYER_TYPES), max_positions=128000,
+        v_hidden=768, v_ff=3072, v_layers=12, v_heads=12, projector_hidden=2048,
+    ),
 }
+
+#: The file layout each size is written in unless asked otherwise (runtime/layout.py has the layouts).
+DEFAULT_LAYOUT_OF_SIZE = {"tiny": "1.6b", "mid": "1.6b", "full": "1.6b", "450m": "450m"}
 
 
 def preset(size: str) -> SizePreset:

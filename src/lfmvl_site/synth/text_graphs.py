@@ -22,15 +22,16 @@ F32, I64, I32 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32
 MS = "com.microsoft"
 
 
-def build_embed_tokens(weights: Mapping[str, np.ndarray], config: dict[str, Any], onnx_dir: Path) -> None:
+def build_embed_tokens(weights: Mapping[str, np.ndarray], config: dict[str, Any], onnx_dir: Path,
+                       stem: str = "embed_tokens") -> None:
     """``input_ids [batch_size, sequence_length]`` -> ``inputs_embeds [batch_size, sequence_length, hidden]``."""
     t = config["text_config"]
-    g = GraphBuilder("embed_tokens", onnx_dir / "embed_tokens.onnx_data")
+    g = GraphBuilder("embed_tokens", onnx_dir / f"{stem}.onnx_data")
     ids = g.input("input_ids", I64, ["batch_size", "sequence_length"])
     table = g.const("model.embed_tokens.weight", weights[f"{LM}.embed_tokens.weight"])
     g.op("Gather", [table, ids], outputs=["inputs_embeds"], name="/model/embed_tokens/Gather", axis=0)
     g.output("inputs_embeds", F32, ["batch_size", "sequence_length", t["hidden_size"]])
-    g.save(onnx_dir / "embed_tokens.onnx")
+    g.save(onnx_dir / f"{stem}.onnx")
 
 
 def rope_caches(head_dim: int, theta: float, max_positions: int) -> tuple[np.ndarray, np.ndarray]:
@@ -43,15 +44,16 @@ def rope_caches(head_dim: int, theta: float, max_positions: int) -> tuple[np.nda
 class _Decoder:
     """Builds the decoder graph node by node (one method per block)."""
 
-    def __init__(self, weights: Mapping[str, np.ndarray], config: dict[str, Any], onnx_dir: Path) -> None:
+    def __init__(self, weights: Mapping[str, np.ndarray], config: dict[str, Any], onnx_dir: Path, stem: str) -> None:
         self.w = weights
+        self.stem = stem
         self.t = t = config["text_config"]
         self.h = t["hidden_size"]
         self.heads, self.kv = t["num_attention_heads"], t["num_key_value_heads"]
         self.hd = self.h // self.heads
         self.eps = float(t["norm_eps"])
         self.conv_l = int(t["conv_L_cache"])
-        self.g = GraphBuilder("decoder", onnx_dir / "decoder.onnx_data")
+        self.g = GraphBuilder("decoder", onnx_dir / f"{stem}.onnx_data")
         self.onnx_dir = onnx_dir
 
     def linear_t(self, hf_name: str, onnx_name: str) -> str:
@@ -110,7 +112,7 @@ class _Decoder:
             else:
                 for kv_part in ("key", "value"):
                     g.output(f"present.{i}.{kv_part}", F32, ["batch_size", self.kv, "total_sequence_length", self.hd])
-        g.save(self.onnx_dir / "decoder.onnx")
+        g.save(self.onnx_dir / f"{self.stem}.onnx")
 
     def short_conv(self, i: int, x: str) -> str:
         """Lfm2ShortConv: in_proj -> (B, C, x) -> B*x -> causal depthwise conv over [past_conv, Bx] -> C*y -> out_proj."""
@@ -174,6 +176,7 @@ class _Decoder:
         return g.op("MatMul", [hidden, self.linear_t(f"{p}.w2.weight", f"model.layers.{i}.mlp.w2.weight_t")], name=f"{n}/w2/MatMul")
 
 
-def build_decoder(weights: Mapping[str, np.ndarray], config: dict[str, Any], onnx_dir: Path) -> None:
-    """Write ``onnx/decoder.onnx`` + ``decoder.onnx_data``."""
-    _Decoder(weights, config, onnx_dir).build()
+def build_decoder(weights: Mapping[str, np.ndarray], config: dict[str, Any], onnx_dir: Path,
+                  stem: str = "decoder") -> None:
+    """Write ``onnx/<stem>.onnx`` + ``<stem>.onnx_data`` (``decoder_model_merged`` in the 450M layout)."""
+    _Decoder(weights, config, onnx_dir, stem).build()

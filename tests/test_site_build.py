@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from support import pyodide_mirror
 
 from lfmvl_site.cli import main
+from lfmvl_site.site.output import MARKER
 
 
 def run_build(out: Path, *extra: str) -> object:
@@ -46,7 +47,7 @@ def test_tree_and_serve_hint(dist: tuple[Path, object]) -> None:
 def test_manifest_lists_every_file_with_size_and_sha256(dist: tuple[Path, object]) -> None:
     out, _ = dist
     manifest = json.loads((out / "manifest.json").read_text())
-    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {"manifest.json"}
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {"manifest.json", MARKER}
     site_files = {f["path"] for f in manifest["files"]}
     host_files = {f["path"] for f in manifest["deploy_files"]}
     assert site_files | host_files == on_disk and not site_files & host_files
@@ -81,7 +82,7 @@ def test_failed_or_interrupted_build_leaves_previous_dist_untouched(
 ) -> None:
     out = tmp_path / "dist"
     out.mkdir()
-    (out / "manifest.json").write_text('{"old": true}')
+    (out / MARKER).write_text('{"generator": "lfmvl-site", "pid": 1, "state": "built"}')
     (out / "index.html").write_text("old page")
 
     def boom(*args: object, **kwargs: object) -> None:

@@ -3,6 +3,7 @@
 Everything is staged in a temporary directory beside ``--out`` and renamed into
 place at the very end, so a failed or interrupted build leaves the previous
 dist/ as it was. ``dist/manifest.json`` lists the size and sha256 of every file.
+What may be replaced, stale-staging cleanup and signal handling live in :mod:`.output`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import BuildError, LfmvlError
-from . import assets
+from . import assets, output
 from ..config import pyodide_dir_from_env
 from .fetch import Progress, quiet, sha256_file, stderr_progress
 from .wheel import runtime_wheel
@@ -58,18 +59,23 @@ def build_site(
     if mirror is not None and not Path(mirror).is_dir():
         raise BuildError(f"--pyodide-dir {mirror} is not a directory; point it at a copy of the Pyodide "
                          f"{assets.PYODIDE_VERSION} release files, or leave it out to download them.")
-    if out.exists() and (not out.is_dir() or (not (out / "manifest.json").is_file() and any(out.iterdir()))):
-        raise BuildError(f"{out} exists and is not a site built by lfmvl-site (no manifest.json); "
-                         "pick another --out or remove it.")
+    model_dir = getattr(model_options, "model_dir", None)
+    output.check_out(out, [model_dir] if model_dir is not None else [])
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    output.sweep_stale(out, say)
     t0 = time.monotonic()
-    try:
-        manifest = _assemble(staging, model_options, Path(mirror) if mirror else None, say, progress)
-        _swap_into_place(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with output.signals_end_build():
+        staging: Path | None = None
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+            output.write_marker(staging, "building")
+            manifest = _assemble(staging, model_options, Path(mirror) if mirror else None, say, progress)
+            output.swap_into_place(staging, out, say)
+        except BaseException as exc:
+            removed = staging is None or not staging.exists() or output.remove_tree(staging, say, "the build's staging folder")
+            if removed and isinstance(exc, output.Terminated):
+                say(f"Stopped by {exc}; removed the build's staging folder, {out} left as it was.")
+            raise
     say(f"Built {out} in {time.monotonic() - t0:.1f} s ({manifest['total_bytes'] / 1e6:.1f} MB).")
     return manifest
 
@@ -164,7 +170,7 @@ def _file_entry(root: Path, path: Path) -> dict[str, Any]:
 
 
 def _write_manifest(root: Path, settings: dict[str, Any], model_manifest: dict[str, Any]) -> dict[str, Any]:
-    files = [_file_entry(root, p) for p in sorted(p for p in root.rglob("*") if p.is_file())]
+    files = [_file_entry(root, p) for p in sorted(root.rglob("*")) if p.is_file() and p.name != output.MARKER]
     parts: dict[str, int] = {}
     for f in files:
         parts[_part(f["path"])] = parts.get(_part(f["path"]), 0) + f["size"]
@@ -182,26 +188,6 @@ def _write_manifest(root: Path, settings: dict[str, Any], model_manifest: dict[s
     }
     (root / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
-
-
-def _swap_into_place(staging: Path, out: Path) -> None:
-    """Replace ``out`` by ``staging`` with renames only (the old dist survives until the new one is in place)."""
-    old = None
-    if out.exists():
-        if not (out / "manifest.json").is_file() and any(out.iterdir()):
-            raise BuildError(f"{out} exists and is not a site built by lfmvl-site (no manifest.json); "
-                             "pick another --out or remove it.")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    try:
-        os.replace(staging, out)
-    except OSError:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    os.chmod(out, 0o755)
 
 
 def serve_hint(out: Path) -> str:

@@ -218,3 +218,106 @@ def test_gzip_for_text_only_when_asked_and_never_for_binaries_or_ranges(port: in
 def test_preview_never_caches_immutably(port: int) -> None:
     for path in ("/index.html", "/ort/x.wasm", "/model/onnx/decoder.onnx_data_1"):
         assert get(port, path)[1]["cache-control"] == "no-cache", path
+
+
+# ---- RFC 9110 section 13 conditional requests, representations, and a crowd (the Space's server)
+
+def test_if_none_match_uses_weak_comparison_lists_and_star(port: int) -> None:
+    _, headers, _ = get(port, "/worker.js")
+    etag = headers["etag"]
+    assert etag.startswith('"')  # strong
+    for value in (f"W/{etag}", f'"nope", {etag}', f'"a", W/{etag} , "b"', "*"):
+        status, h, body = get(port, "/worker.js", headers={"If-None-Match": value})
+        assert status == 304 and body == b"" and h["etag"] == etag, value
+        assert "content-length" not in h  # a 304 must not claim the 200's body length differently
+    assert get(port, "/worker.js", headers={"If-None-Match": '"nope", W/"other"'})[0] == 200
+    # If-None-Match decides over If-Modified-Since (RFC 9110 13.1.3).
+    future = "Sun, 01 Jan 2040 00:00:00 GMT"
+    assert get(port, "/worker.js", headers={"If-None-Match": '"nope"', "If-Modified-Since": future})[0] == 200
+    assert get(port, "/worker.js", headers={"If-Modified-Since": future})[0] == 304
+    assert get(port, "/worker.js", headers={"If-Modified-Since": "not a date"})[0] == 200
+
+
+def test_if_match_uses_strong_comparison_and_fails_with_412(port: int) -> None:
+    _, headers, _ = get(port, "/worker.js")
+    etag = headers["etag"]
+    assert get(port, "/worker.js", headers={"If-Match": etag})[0] == 200
+    assert get(port, "/worker.js", headers={"If-Match": "*"})[0] == 200
+    assert get(port, "/worker.js", headers={"If-Match": f"W/{etag}"})[0] == 412  # weak never matches strongly
+    assert get(port, "/worker.js", headers={"If-Match": '"other"'})[0] == 412
+    assert get(port, "/worker.js", headers={"If-Unmodified-Since": "Thu, 01 Jan 1998 00:00:00 GMT"})[0] == 412
+
+
+def test_gzip_and_identity_bodies_have_different_etags(port: int, site: Path) -> None:
+    (site / "big.js").write_text("const filler = 1;\n" * 400)
+    _, plain, _ = get(port, "/big.js")
+    _, packed, _ = get(port, "/big.js", headers={"Accept-Encoding": "gzip"})
+    assert packed["content-encoding"] == "gzip" and plain["etag"] != packed["etag"]
+    assert plain["vary"] == packed["vary"] == "Accept-Encoding"
+    # A cache holding the identity body must not revalidate the gzip one with it, and the other way round.
+    assert get(port, "/big.js", headers={"Accept-Encoding": "gzip", "If-None-Match": plain["etag"]})[0] == 200
+    assert get(port, "/big.js", headers={"If-None-Match": packed["etag"]})[0] == 200
+    assert get(port, "/big.js", headers={"Accept-Encoding": "gzip", "If-None-Match": packed["etag"]})[0] == 304
+    assert get(port, "/big.js", headers={"Accept-Encoding": "gzip;q=0"})[1].get("content-encoding") is None
+
+
+def test_if_range_serves_the_range_only_for_the_current_file(port: int) -> None:
+    path = "/model/onnx/decoder.onnx_data"
+    _, headers, _ = get(port, path)
+    status, _, body = get(port, path, headers={"Range": "bytes=0-9", "If-Range": headers["etag"]})
+    assert status == 206 and body == BLOB[:10]
+    status, _, body = get(port, path, headers={"Range": "bytes=0-9", "If-Range": '"stale"'})
+    assert status == 200 and body == BLOB
+    status, _, body = get(port, path, headers={"Range": "bytes=0-9", "If-Range": headers["last-modified"]})
+    assert status == 206 and body == BLOB[:10]
+
+
+def test_two_hundred_concurrent_connections_are_all_served(port: int) -> None:
+    """socketserver's default backlog (5) refused a crowd; every one of 200 simultaneous clients is answered."""
+    results: list[int] = []
+    lock = threading.Lock()
+    start = threading.Barrier(200)
+
+    def client() -> None:
+        start.wait()
+        try:
+            status = get(port, "/model/onnx/decoder.onnx_data")[0]
+        except OSError:
+            status = -1
+        with lock:
+            results.append(status)
+
+    threads = [threading.Thread(target=client) for _ in range(200)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results.count(200) == 200, sorted(set(results))
+    assert time.monotonic() - t0 < 20
+
+
+def test_idle_keep_alive_connections_are_closed(site: Path) -> None:
+    from lfmvl_site import static_server
+
+    server = make_server(site, "127.0.0.1", 0)
+    server.RequestHandlerClass.idle_timeout = 0.5  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10) as s:
+            s.sendall(b"GET /worker.js HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += s.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            length = int(next(h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")))
+            while len(body) < length:
+                body += s.recv(65536)
+            t0 = time.monotonic()
+            assert s.recv(1) == b""  # the server hung up on the idle connection
+            assert time.monotonic() - t0 < 5
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert static_server.IDLE_TIMEOUT > 0.5  # (the default, for real clients, is longer)

@@ -19,6 +19,7 @@ from .modelconfig import TextModelConfig, parse_json
 from .preprocess import ImageInputs, ProcessorConfig, preprocess
 from .prompt import build_prompt_ids, load_chat_template, template_tokens
 from .sampling import Sampler, SamplingSettings
+from .speculative import PENDING_MAX, CaptionStream, DraftStats, propose, same_inputs
 from .tokenizer import Tokenizer, check_vocabulary
 
 # Decoder inputs that are not caches.
@@ -51,7 +52,9 @@ class Timings:
     prompt_ms: float = 0.0
     vision_ms: float = 0.0
     prefill_ms: float = 0.0
-    token_ms: list[float] = field(default_factory=list)
+    token_ms: list[float] = field(default_factory=list)  # per token; a run that gives n tokens counts 1/n each
+    run_ms: list[float] = field(default_factory=list)  # per decoder run (the first is the prefill)
+    features_reused: bool = False  # the vision graph was skipped: the frame equals the previous one
 
     @property
     def first_token_ms(self) -> float:
@@ -67,6 +70,9 @@ class Timings:
             "prefill_ms": round(self.prefill_ms, 3),
             "first_token_ms": round(self.first_token_ms, 3),
             "token_ms": [round(t, 3) for t in self.token_ms],
+            "run_ms": [round(t, 3) for t in self.run_ms],
+            "decoder_runs": len(self.run_ms),
+            "features_reused": self.features_reused,
             "tokens_per_s": round(1000.0 * len(decode) / sum(decode), 2) if decode and sum(decode) > 0 else None,
         }
 
@@ -78,6 +84,12 @@ class CaptionResult:
     prompt_ids: list[int]
     stop_reason: str  # "eos" or "length"
     timings: Timings
+    drafts: DraftStats = field(default_factory=DraftStats)
+    speculative: bool = False  # drafts were verified (greedy, a stream, a decoder with every position's logits)
+
+    @property
+    def decoder_runs(self) -> int:
+        return len(self.timings.run_ms)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -85,6 +97,11 @@ class CaptionResult:
             "token_ids": self.token_ids,
             "prompt_tokens": len(self.prompt_ids),
             "stop_reason": self.stop_reason,
+            "decoder_runs": self.decoder_runs,
+            "speculative": self.speculative,
+            "draft_tokens_proposed": self.drafts.proposed,
+            "draft_tokens_accepted": self.drafts.accepted,
+            "features_reused": self.timings.features_reused,
             "timings": self.timings.as_dict(),
         }
 
@@ -164,6 +181,9 @@ class Captioner:
         self._cache_info = {t.name: t for t in self.decoder.inputs if t.name in self._cache_map}
         self._has_position_ids = "position_ids" in self.decoder.input_names
         self._has_argmax = "next_token" in self.decoder.output_names
+        # Verifying a draft needs every position's logits; a build with last_logits has [B, 1, V].
+        logits_info = next(t for t in self.decoder.outputs if t.name == "logits")
+        self.full_logits = not (len(logits_info.shape) == 3 and logits_info.shape[1] == 1)
 
     @classmethod
     async def load(cls, backend: Backend) -> "Captioner":
@@ -292,8 +312,14 @@ class Captioner:
         settings: SamplingSettings | None = None,
         on_token: TokenCallback | None = None,
         cancel: CancelToken | None = None,
+        stream: CaptionStream | None = None,
     ) -> CaptionResult:
-        """Caption one RGB/RGBA uint8 frame, streaming tokens to ``on_token``."""
+        """Caption one RGB/RGBA uint8 frame, streaming tokens to ``on_token``.
+
+        With ``stream`` (the same object for each frame of a stream), a frame whose preprocessed
+        tensors equal the previous frame's reuses its image features, and greedy decoding drafts
+        from the previous caption of the same prompt (token-identical to plain greedy decoding).
+        """
         settings = settings or SamplingSettings()
         cancel = cancel or CancelToken()
         t = Timings()
@@ -309,12 +335,28 @@ class Captioner:
 
         start = _now()
         embeds = await self.embed(ids)
-        features = await self.image_features(inputs)
+        if stream is not None and stream.last_features is not None and same_inputs(stream.last_inputs, inputs):
+            features = stream.last_features
+            t.features_reused = True
+        else:
+            features = await self.image_features(inputs)
+            if stream is not None:
+                stream.last_inputs, stream.last_features = inputs, features
         embeds = self.merge(embeds, ids, features)
         t.vision_ms = _now() - start
         cancel.check()
 
-        return await self._decode(ids, embeds, settings, t, on_token, cancel)
+        if stream is not None and stream.speculative and self.full_logits and self._greedy_plain(settings):
+            return await self._decode_speculative(ids, embeds, settings, t, on_token, cancel, stream, prompt)
+        result = await self._decode(ids, embeds, settings, t, on_token, cancel)
+        if stream is not None:
+            stream.previous.pop(prompt, None)  # a sampled caption is no draft for greedy decoding
+        return result
+
+    @staticmethod
+    def _greedy_plain(settings: SamplingSettings) -> bool:
+        """Greedy with nothing that makes a token depend on more than the logits row (drafts verify)."""
+        return settings.greedy and settings.repetition_penalty == 1.0
 
     async def _decode(
         self,
@@ -362,6 +404,7 @@ class Captioner:
                     logits = np.asarray(out["logits"])
                     token = sampler.pick(logits.reshape(-1, logits.shape[-1])[-1], np.asarray(seen))
                 t.token_ms.append(_now() - start)
+                t.run_ms.append(t.token_ms[-1])
                 if step == 0:
                     t.prefill_ms = t.token_ms[0]
                 if token in self.text_config.eos_token_ids:
@@ -380,3 +423,134 @@ class Captioner:
             on_token(-1, tail)  # bytes of a character the last token left incomplete
         final = self.tokenizer.decode(generated)
         return CaptionResult(final, generated, list(prompt_ids), stop_reason, t)
+
+    async def _decode_speculative(
+        self,
+        prompt_ids: list[int],
+        embeds: np.ndarray,
+        settings: SamplingSettings,
+        t: Timings,
+        on_token: TokenCallback | None,
+        cancel: CancelToken,
+        state: CaptionStream,
+        prompt: str,
+    ) -> CaptionResult:
+        """Greedy decoding that verifies drafts from the previous caption: same tokens, fewer decoder runs.
+
+        Each run feeds the *pending* rows (the prompt, or tokens already chosen but not yet in the
+        caches) followed by up to K draft tokens, and reads every position's logits. The argmax at
+        the row before draft token i says whether greedy decoding would have produced it; the
+        longest agreeing prefix is accepted plus the model's own next token. When the whole draft is
+        accepted the run's caches are kept. Otherwise they are dropped (LFM2's conv state cannot be
+        cut back like a KV cache) and the caches from before the run stay: the accepted tokens become
+        pending rows of the next run, which re-feeds them together with its own draft, so a rollback
+        costs rows, never an extra run. A run without a draft always commits.
+        """
+        max_new = settings.max_new_tokens
+        previous = state.previous.get(prompt, [])
+        eos_ids = set(self.text_config.eos_token_ids)
+        keep = list(self._cache_map.values())
+        caches: dict[str, Any] = {name: _empty_cache(info) for name, info in self._cache_info.items()}
+        stats = DraftStats()
+        stream = self.tokenizer.stream_decoder()
+        generated: list[int] = []
+        stop_reason = "length"
+        committed = 0  # positions in ``caches``
+        pending = embeds  # [1, m, H] rows to feed before the draft
+        pending_is_prompt = True
+        done = False
+
+        def release_kept(values: Any) -> None:
+            self.decoder.release(v for v in values if not isinstance(v, np.ndarray))
+
+        try:
+            while not done:
+                start = _now()
+                m = pending.shape[1]
+                room = max_new - len(generated) - 1  # the run's own token always comes on top
+                if pending_is_prompt:
+                    # Only an unchanged frame drafts in the prefill (a rejection there re-feeds the prompt),
+                    # and a prefill that rolled back commits next.
+                    k = min(len(previous), room) if t.features_reused and stats.decoder_runs == 0 else 0
+                else:
+                    k = 0 if m > PENDING_MAX else min(state.k, room)
+                draft = propose(generated, previous, k) if k > 0 else []
+                k = len(draft)
+                feed = np.concatenate([pending, await self.embed(draft)], axis=1) if draft else pending
+                total = committed + m + k
+                feeds: dict[str, Any] = {
+                    "inputs_embeds": feed,
+                    "attention_mask": np.ones((1, total), dtype=np.int64),
+                    **caches,
+                }
+                if self._has_position_ids:
+                    feeds["position_ids"] = np.arange(committed, total, dtype=np.int64)[None, :]
+                out = await self.decoder.run(feeds, read=["logits"], keep=keep)
+                stats.decoder_runs += 1
+                logits = np.asarray(out["logits"])
+                rows = logits.reshape(-1, logits.shape[-1])
+                if rows.shape[0] != m + k:
+                    if rows.shape[0] == 1 and k > 0:  # only the last position: no verifying here
+                        release_kept(out[p] for p in self._cache_map.values())
+                        self.full_logits = False
+                        previous = []
+                        t.run_ms.append(_now() - start)
+                        continue
+                    if rows.shape[0] != 1:
+                        raise ContractError(f"decoder: logits has {rows.shape[0]} rows for {m + k} input positions.")
+                    rows = np.concatenate([np.zeros((m - 1, rows.shape[1]), rows.dtype), rows])
+                picks = [int(v) for v in np.argmax(rows[m - 1 : m + k], axis=-1)]
+                n = 0
+                while n < k and draft[n] == picks[n]:
+                    n += 1
+                stats.proposed += k
+                stats.accepted += n
+                if k:
+                    if n == k:
+                        stats.full_runs += 1
+                    else:
+                        stats.partial_runs += 1
+                    if not pending_is_prompt:
+                        state.adapt(k, n)
+                new = picks[: n + 1]
+                emitted = 0
+                for token in new:
+                    if token in eos_ids:
+                        stop_reason, done = "eos", True
+                        break
+                    generated.append(token)
+                    emitted += 1
+                    piece = stream.push(token)
+                    if on_token is not None:
+                        on_token(token, piece)
+                    if len(generated) >= max_new:
+                        stop_reason, done = "length", True
+                        break
+                present = {past: out[p] for past, p in self._cache_map.items()}
+                if done or n < k:
+                    release_kept(present.values())
+                    if not done:  # roll back: keep the old caches, re-feed what was accepted
+                        pending = np.concatenate([feed[:, : m + n], await self.embed([new[-1]])], axis=1)
+                else:
+                    release_kept(caches.values())
+                    caches = present
+                    committed = total
+                    pending = await self.embed([new[-1]])
+                    pending_is_prompt = False
+                elapsed = _now() - start
+                t.run_ms.append(elapsed)
+                if stats.decoder_runs == 1:
+                    t.prefill_ms = elapsed
+                t.token_ms.extend([elapsed / max(emitted, 1)] * max(emitted, 1))
+                cancel.check()
+        finally:
+            release_kept(caches.values())
+        tail = stream.flush()
+        if on_token is not None and tail:
+            on_token(-1, tail)
+        eos = self.text_config.eos_token_ids[0] if stop_reason == "eos" and self.text_config.eos_token_ids else None
+        state.remember(prompt, generated, eos)
+        for name in ("decoder_runs", "proposed", "accepted", "full_runs", "partial_runs"):
+            setattr(state.totals, name, getattr(state.totals, name) + getattr(stats, name))
+        final = self.tokenizer.decode(generated)
+        return CaptionResult(final, generated, list(prompt_ids), stop_reason, t, stats, speculative=True)

@@ -367,7 +367,7 @@ class Captioner:
         on_token: TokenCallback | None,
         cancel: CancelToken,
     ) -> CaptionResult:
-        sampler = Sampler(settings)
+        sampler = Sampler(settings, self.tokenizer.vocab_size)  # ids without a token are never picked
         use_argmax = self._has_argmax and not settings.needs_logits
         read = ["next_token"] if use_argmax else ["logits"]
         keep = list(self._cache_map.values())

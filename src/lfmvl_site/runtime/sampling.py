@@ -56,15 +56,30 @@ def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: floa
 
 
 class Sampler:
-    """Stateful picker: owns the seeded RNG for one generation."""
+    """Stateful picker: owns the seeded RNG for one generation.
 
-    def __init__(self, settings: SamplingSettings) -> None:
+    ``entries`` is the tokenizer's entry count (one more than its highest id): logits columns at or above it
+    (lm_head rows without a token, e.g. 64,400 entries for 65,536 rows in LFM2) are never picked, whatever the
+    settings. ``None`` allows every column.
+    """
+
+    def __init__(self, settings: SamplingSettings, entries: int | None = None) -> None:
+        if entries is not None and entries < 1:
+            from ..errors import InputError
+
+            raise InputError(f"the tokenizer has {entries} entries; it needs at least one to pick a token.")
         self.settings = settings
+        self.entries = entries
         self._rng = np.random.default_rng(settings.seed)
 
     def pick(self, logits: np.ndarray, seen: np.ndarray) -> int:
+        """The next id from one logits row (``seen``: the ids so far, for the repetition penalty)."""
         s = self.settings
         row = np.asarray(logits, dtype=np.float32).reshape(-1)
+        if self.entries is not None and self.entries < row.size:
+            row = row[: self.entries]  # ids without a tokenizer entry are out of the draw
+            seen = np.asarray(seen)
+            seen = seen[seen < self.entries]
         row = apply_repetition_penalty(row, seen, s.repetition_penalty)
         if s.greedy:
             return int(np.argmax(row))

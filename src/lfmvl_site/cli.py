@@ -63,7 +63,8 @@ def synth_model(out_dir: Path, seed: int, size: str, layout: str | None) -> None
 
 
 @main.command()
-@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, metavar="IMAGE_OR_VIDEO...",
+                type=click.Path(dir_okay=True, path_type=Path))
 @click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path), help="A local model directory.")
 @click.option("--model", "repo_id", help="A Hugging Face repo id, e.g. LiquidAI/LFM2.5-VL-1.6B-ONNX.")
 @click.option("--revision", help="Hub revision (branch, tag or commit) with --model.")
@@ -74,13 +75,20 @@ def synth_model(out_dir: Path, seed: int, size: str, layout: str | None) -> None
 @click.option("--min-p", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True)
 @click.option("--repetition-penalty", type=click.FloatRange(0.0, min_open=True), default=1.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with text, token ids and timings.")
+@click.option("--every", type=click.FloatRange(0.0, min_open=True), default=1.0, show_default=True,
+              help="Seconds between the frames taken from a video input (needs PyAV: pip install av).")
+@click.option("--speculative/--no-speculative", default=True, show_default=True,
+              help="Greedy: draft each caption from the previous one and verify drafts in one decoder run "
+                   "(same tokens, fewer runs).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object per frame (JSON lines): text, token ids, decoder runs, drafts, timings.")
 @_clean_errors
-def caption(image: Path, model_dir: Path | None, repo_id: str | None, revision: str | None, as_json: bool, **gen: Any) -> None:
-    """Caption IMAGE with the model, natively on onnxruntime (the same runtime the page runs)."""
-    from .caption import caption_file
+def caption(inputs: tuple[Path, ...], model_dir: Path | None, repo_id: str | None, revision: str | None,
+            as_json: bool, **gen: Any) -> None:
+    """Caption images (and video frames) in order as one stream, natively on onnxruntime (the page's runtime)."""
+    from .caption import caption_files
 
-    caption_file(image, model_dir=model_dir, repo_id=repo_id, revision=revision, as_json=as_json, **gen)
+    caption_files(list(inputs), model_dir=model_dir, repo_id=repo_id, revision=revision, as_json=as_json, **gen)
 
 
 @main.command()

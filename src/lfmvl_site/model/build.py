@@ -84,6 +84,7 @@ def _text_config(source: Source) -> dict[str, Any]:
 def _make_variants(source: Source, options: ModelBuildOptions, text_cfg: dict[str, Any],
                    progress: bool) -> list[_Variant]:
     check_kw = {"hidden_size": text_cfg.get("hidden_size"), "layer_types": text_cfg.get("layer_types")}
+    entries = _tokenizer_entries(source, text_cfg) if options.argmax else None
     fp32_cache: dict[str, "onnx.ModelProto"] = {}
     out: list[_Variant] = []
     for role, precisions in variant_plan(options).items():
@@ -105,21 +106,31 @@ def _make_variants(source: Source, options: ModelBuildOptions, text_cfg: dict[st
                 contract.check_model(role, model, file=rel, **check_kw)
             log.info("%s: %s from %s", rel, "making" if made_from != rel else "optimizing", made_from)
             v = _Variant(role, precision, model, made_from=made_from)
-            _convert(v, options, converting=made_from != rel, progress=progress)
+            _convert(v, options, converting=made_from != rel, progress=progress, entries=entries)
             contract.check_model(role, v.model, file=f"{rel} (built)", **check_kw)
             out.append(v)
     return out
 
 
-def _convert(v: _Variant, options: ModelBuildOptions, *, converting: bool, progress: bool) -> None:
+def _tokenizer_entries(source: Source, text_cfg: dict[str, Any]) -> int | None:
+    """The tokenizer's entry count (one more than its highest id), checked against config.json's vocab_size."""
+    from ..runtime.tokenizer import Tokenizer, check_vocabulary
+
+    path = source.get("tokenizer.json")
+    if path is None:
+        return None  # reported with the other missing files
+    entries = Tokenizer.from_json(path.read_text(encoding="utf-8")).vocab_size
+    if isinstance(text_cfg.get("vocab_size"), int):
+        check_vocabulary(entries, text_cfg["vocab_size"])
+    return entries
+
+
+def _convert(v: _Variant, options: ModelBuildOptions, *, converting: bool, progress: bool,
+             entries: int | None = None) -> None:
     """Decoder graph optimizations, then the precision conversion (if the source lacked the variant)."""
-    if v.role == "decoder":
-        if options.last_logits:
-            optimize.last_logits(v.model)
-            v.optimizations.append("last_logits")
-        if options.argmax:
-            optimize.add_argmax(v.model)
-            v.optimizations.append("argmax")
+    if v.role == "decoder" and options.last_logits:
+        optimize.last_logits(v.model)
+        v.optimizations.append("last_logits")
     if converting and v.precision == "q4":
         head = quantize.find_lm_head(v.model) if v.role == "decoder" else None
         v.model = quantize.quantize_q4(v.model, exclude=[head.name] if head is not None else [], progress=progress,
@@ -129,6 +140,10 @@ def _convert(v: _Variant, options: ModelBuildOptions, *, converting: bool, progr
     if v.role == "decoder" and v.precision == "q4" and options.q4_lm_head:
         v.model = optimize.q4_lm_head(v.model, progress=progress)
         v.optimizations.append("q4_lm_head")
+    # Last, so its float32 positions are not turned into fp16 (exact only below 2048) by the conversion.
+    if v.role == "decoder" and options.argmax:
+        optimize.add_argmax(v.model, entries)  # ids without a tokenizer entry are never chosen
+        v.optimizations.append("argmax")
 
 
 def _write(dest: Path, options: ModelBuildOptions, source: Source, variants: list[_Variant],

@@ -456,7 +456,8 @@ class Captioner:
         generated: list[int] = []
         stop_reason = "length"
         committed = 0  # positions in ``caches``
-        pending = embeds  # [1, m, H] rows to feed before the draft
+        pending: np.ndarray | None = embeds  # [1, m, H] rows to feed before the draft
+        tail: list[int] = []  # then these tokens (embedded with the draft, in one embed_tokens run)
         pending_is_prompt = True
         done = False
 
@@ -466,7 +467,7 @@ class Captioner:
         try:
             while not done:
                 start = _now()
-                m = pending.shape[1]
+                m = (0 if pending is None else pending.shape[1]) + len(tail)
                 room = max_new - len(generated) - 1  # the run's own token always comes on top
                 if pending_is_prompt:
                     # Only an unchanged frame drafts in the prefill (a rejection there re-feeds the prompt),
@@ -476,7 +477,10 @@ class Captioner:
                     k = 0 if m > PENDING_MAX else min(state.k, room)
                 draft = propose(generated, previous, k) if k > 0 else []
                 k = len(draft)
-                feed = np.concatenate([pending, await self.embed(draft)], axis=1) if draft else pending
+                parts = [] if pending is None else [pending]
+                if tail or draft:
+                    parts.append(await self.embed([*tail, *draft]))
+                feed = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
                 total = committed + m + k
                 feeds: dict[str, Any] = {
                     "inputs_embeds": feed,
@@ -530,12 +534,12 @@ class Captioner:
                 if done or n < k:
                     release_kept(present.values())
                     if not done:  # roll back: keep the old caches, re-feed what was accepted
-                        pending = np.concatenate([feed[:, : m + n], await self.embed([new[-1]])], axis=1)
+                        pending, tail = feed[:, : m + n], [new[-1]]
                 else:
                     release_kept(caches.values())
                     caches = present
                     committed = total
-                    pending = await self.embed([new[-1]])
+                    pending, tail = None, [new[-1]]
                     pending_is_prompt = False
                 elapsed = _now() - start
                 t.run_ms.append(elapsed)

@@ -1,17 +1,32 @@
 // The page: camera/file input, controls, messages and figures. All model work happens in worker.js.
+//
+// Every name this page shares with the worker and the Python side comes from contract.js, generated at
+// build time from lfmvl_site/runtime/contract.py: message types (C.messages), setting keys, defaults,
+// ranges and words (C.settings), error codes (C.errors), why a backend or graph variant was chosen
+// (C.deviceReasons, C.fallbacks) and the service worker's event kinds (C.sw.kinds). None is restated here;
+// tests/test_contract.py checks that. The words shown to the user are this page's own.
 
+import "./contract.js";
 import { registerServiceWorker } from "./sw-register.js";
 
-const settings = JSON.parse(document.getElementById("settings").textContent);
+const C = globalThis.LFMVL_CONTRACT;
+const IN = C.messages.in;
+const OUT = C.messages.out;
+const ERR = C.errors;
+const WHY = C.deviceReasons;
+const FALLBACK = C.fallbacks;
+const DEV = C.devices;
+const KIND = C.sw.kinds;
+const S = C.settings;
+const KINDS = C.settingKinds;
+
+const settings = JSON.parse(document.getElementById("settings").textContent);  // build facts: paths, versions
 const params = new URLSearchParams(location.search);
-// URL overrides, handy for links and tests: ?device=wasm&tokens=8&prompt=...&size=256&autostart
-if (params.has("tokens")) settings.max_new_tokens = Number(params.get("tokens")) || settings.max_new_tokens;
-if (params.has("prompt")) settings.default_prompt = params.get("prompt");
-if (params.has("size")) settings.frame_size = Number(params.get("size"));
 const $ = (id) => document.getElementById(id);
 
 const state = {
   ready: false,
+  switching: false,        // the backend is being switched: no frames are sent
   running: false,
   inFlight: false,
   lastSent: 0,
@@ -22,7 +37,6 @@ const state = {
   stream: null,
   started: performance.now(),
   captions: [],
-  logs: [],
   info: null,
   current: "",
   pageReadyMs: null,
@@ -34,7 +48,8 @@ const pending = [];
 window.lfmvl = {
   state,
   settings,
-  lastFrame: () => new Promise((resolve) => { pending.push(resolve); worker.postMessage({ type: "lastFrame" }); }),
+  contract: C,
+  lastFrame: () => new Promise((resolve) => { pending.push(resolve); worker.postMessage({ type: IN.lastFrame }); }),
   start: () => start(),
 };
 
@@ -55,21 +70,115 @@ function unsay(key) {
   if (el) el.remove();
 }
 
-function explainError(text, name) {
-  if (name === "QuotaExceededError" || /quota|storage.*full/i.test(text)) {
-    return ["storage", "The browser's storage is full, so the model could not be stored. Free some space " +
-      "(or clear this site's data in the browser settings) and reload."];
+/** Plain words for an error from the worker ({code, detail, ...the code's fields}): [message key, text]. */
+function explain(err) {
+  const e = err || {};
+  const detail = e.detail ? String(e.detail) : "";
+  switch (e.code) {
+    case ERR.download_failed: {
+      const how = e.status ? `HTTP ${e.status}` : detail || "the connection dropped";
+      return ["download", `A download failed: ${e.file} (${how}). Check the network connection and reload the ` +
+        "page; files already downloaded are not fetched again."];
+    }
+    case ERR.storage_full:
+      return ["storage", "The browser's storage is full, so the model could not be stored. Free some space " +
+        `(or clear this site's data in the browser settings) and reload.${detail ? ` (${detail})` : ""}`];
+    case ERR.out_of_memory:
+      return ["memory", `The browser ran out of memory (${detail || "an allocation failed"}). Close other tabs, ` +
+        "choose a smaller frame size, or reload."];
+    case ERR.model_file:
+      return ["model", `The model's files could not be used: ${detail}`];
+    case ERR.contract:
+      return ["model", `The model does not fit this page's runtime: ${detail}`];
+    case ERR.bad_input:
+      return ["input", `The input was refused: ${detail}`];
+    default:
+      return ["error", `Something went wrong: ${detail || "unknown error"}`];
   }
-  if (/download of .* failed|Failed to fetch|NetworkError/i.test(text)) {
-    // The worker's error crosses Python on its way here: show the failure, not the traceback around it.
-    const what = (/download of \S+ failed \([^)]*\)/.exec(text) || [text])[0];
-    return ["download", `A download failed: ${what}. Check the network connection and reload the page; ` +
-      "files already downloaded are not fetched again."];
+}
+function showError(err) {
+  const [key, text] = explain(err);
+  say(key, text, "error");
+}
+
+// ---------------------------------------------------------------- settings
+
+// The control of each setting; its kind, default, range, choices and words come from C.settings.
+const FIELD = {
+  [S.prompt.key]: "prompt", [S.interval_ms.key]: "interval", [S.frame_size.key]: "size",
+  [S.max_new_tokens.key]: "maxTokens", [S.device.key]: "device",
+};
+// URL overrides, handy for links and tests: ?device=wasm&tokens=8&prompt=...&size=256&interval=1000&autostart
+const URL_PARAM = {
+  [S.prompt.key]: "prompt", [S.interval_ms.key]: "interval", [S.frame_size.key]: "size",
+  [S.max_new_tokens.key]: "tokens", [S.device.key]: "device",
+};
+const wordsOf = (key, value) => {
+  const s = S[key];
+  const i = s.choices.findIndex((c) => String(c) === String(value));
+  return i >= 0 && s.labels[i] ? s.labels[i] : String(value);
+};
+
+// Setting `key` from what a field (or the address) holds: {value}, or {problem} naming the valid range. The
+// rules and words are the runtime's own (contract.check_setting), rendered into contract.js.
+const check = (key, raw) => C.checkSetting(key, raw);
+
+/** Show (or clear) the problem of setting `key` at its field. */
+function mark(key, problem) {
+  const field = $(FIELD[key]);
+  const id = `${FIELD[key]}-problem`;
+  let note = $(id);
+  if (!note) {
+    note = document.createElement("small");
+    note.id = id;
+    note.className = "problem";
+    note.setAttribute("role", "alert");
+    field.insertAdjacentElement("afterend", note);
   }
-  if (/out of memory|Array buffer allocation failed|RangeError/i.test(text)) {
-    return ["memory", `The browser ran out of memory (${text}). Close other tabs, choose a smaller frame size, or reload.`];
+  note.hidden = !problem;
+  note.textContent = problem || "";
+  field.setAttribute("aria-invalid", problem ? "true" : "false");
+  field.setCustomValidity(problem || "");
+}
+
+/** The setting's value from its field, its problem shown there; the default while the field is wrong. */
+function current(key) {
+  const got = check(key, $(FIELD[key]).value);
+  mark(key, got.problem);
+  return got;
+}
+
+for (const [key, id] of Object.entries(FIELD)) {
+  const s = S[key];
+  const field = $(id);
+  if (field.tagName === "SELECT") {
+    s.choices.forEach((c, i) => {
+      const o = document.createElement("option");
+      o.value = String(c);
+      o.textContent = s.labels[i] || String(c);
+      field.append(o);
+    });
   }
-  return ["error", `Something went wrong: ${text}`];
+  if (s.kind === KINDS.int) {
+    field.min = String(s.min);
+    field.max = String(s.max);
+    field.step = "1";
+  }
+  if (s.hint) field.title = s.hint;
+  field.value = String(s.default);
+}
+// Values from the address go into their field and are checked like typed ones: a wrong one is shown there.
+const fromUrl = {};
+for (const [key, name] of Object.entries(URL_PARAM)) {
+  if (!params.has(name)) continue;
+  const raw = params.get(name);
+  const got = check(key, raw);
+  if (got.problem) fromUrl[key] = `${got.problem} (from the address: ${name}=${raw})`;
+  if (!got.problem || S[key].kind !== KINDS.choice) $(FIELD[key]).value = raw;
+}
+for (const key of Object.keys(FIELD)) {
+  if (!fromUrl[key]) current(key);
+  else mark(key, fromUrl[key]);
 }
 
 // ---------------------------------------------------------------- worker
@@ -83,10 +192,10 @@ const sw = await registerServiceWorker({ precache: "shell" }).catch((e) => {
 });
 if (sw?.supported) await sw.controlled;
 if (sw) {
-  sw.events.addEventListener("integrity-error", (e) => say(`integrity-${e.detail.path}`,
+  sw.events.addEventListener(KIND.integrity_error, (e) => say(`integrity-${e.detail.path}`,
     `A downloaded file failed its integrity check and was not stored: ${e.detail.path} (${e.detail.message}). ` +
     "Reload to fetch it again; if it keeps failing, the site's files are damaged on the server.", "error"));
-  sw.events.addEventListener("storage-full", (e) => say("storage",
+  sw.events.addEventListener(KIND.storage_full, (e) => say("storage",
     "The browser's storage is full, so the model could not be stored for offline use. Free some space " +
     `(or clear this site's data) and reload. ${e.detail.message || ""}`, "error"));
   showCache();
@@ -113,8 +222,8 @@ $("clearCache").onclick = async () => {
   say("cache", "Offline cache cleared: the next visit downloads the model again.", "info");
 };
 
-const wantedDevice = params.get("device") || "auto";
-$("device").value = wantedDevice;
+const deviceKey = S.device.key;
+const wantedDevice = check(deviceKey, $(FIELD[deviceKey]).value).value ?? S.device.default;
 const worker = new Worker(new URL("worker.js", import.meta.url), { type: "module" });
 worker.onerror = (e) => say("worker", `The captioning worker failed to start (${e.message || "unknown error"}). ` +
   "Use a current Chrome, Edge or Firefox, and reload.", "error");
@@ -127,7 +236,14 @@ if (!self.crossOriginIsolated) {
 }
 $("isolation").textContent = self.crossOriginIsolated ? "cross-origin isolated" : "not isolated";
 
-worker.postMessage({ type: "init", settings, device: wantedDevice, verbose: params.has("verbose") });
+worker.postMessage({ type: IN.init, settings, device: wantedDevice, verbose: params.has("verbose") });
+
+$("retry").onclick = () => {
+  $("retry").hidden = true;
+  for (const key of ["download", "storage", "memory", "model", "error"]) unsay(key);
+  $("status").textContent = "Trying again…";
+  worker.postMessage({ type: IN.retry });
+};
 
 const progress = new Map();
 function showProgress(p) {
@@ -148,71 +264,106 @@ function showProgress(p) {
     eta.textContent = `${Math.ceil((p.total - p.loaded) / rate / 1000)} s`;
   } else eta.textContent = "…";
 }
+function showPlan(files) {  // the files this load will fetch, listed before their bytes arrive
+  for (const f of files || []) if (!progress.has(f.file)) showProgress({ file: f.file, loaded: 0, total: f.size, ms: 0 });
+}
+
+function showBackend(m) {
+  if (m.why === WHY.no_webgpu) {
+    say("webgpu", "This browser has no WebGPU, so the model runs on the CPU (wasm) instead: it works, " +
+      "but captions come more slowly. A current Chrome or Edge with WebGPU enabled is faster.");
+  } else if (m.why === WHY.no_adapter) {
+    say("webgpu", "WebGPU is available but no graphics adapter was found (GPU blocked or unsupported), " +
+      "so the model runs on the CPU (wasm) instead, more slowly.");
+  } else {
+    unsay("webgpu");
+  }
+  if (m.device === DEV.webgpu && m.adapter && m.adapter.fallback) {
+    say("software-gpu", "The only WebGPU adapter is a software one (no GPU in use): captions come slowly; " +
+      `the ${wordsOf(deviceKey, DEV.wasm)} backend may be faster.`, "info");
+  } else {
+    unsay("software-gpu");
+  }
+}
+
+let autostarted = false;
+function showReady(m) {
+  const first = state.info === null;
+  state.ready = true;
+  state.switching = false;
+  state.info = m;
+  if (first) state.pageReadyMs = performance.now() - state.started;
+  const precisions = m.choices.map((c) => `${c.role} ${c.precision}${c.device !== m.device ? ` (${wordsOf(deviceKey, c.device)})` : ""}`).join(", ");
+  $("backend").textContent = `${wordsOf(deviceKey, m.device)} · ${precisions}`;
+  $("status").textContent = first ? `Ready in ${(state.pageReadyMs / 1000).toFixed(1)} s. ${m.describe}`
+    : `Switched to ${wordsOf(deviceKey, m.device)}. ${m.describe}`;
+  $("retry").hidden = true;
+  // Variants other than the preferred one: say which and why (the features the adapter lacks).
+  const fell = m.choices.filter((c) => c.fallback !== FALLBACK.none);
+  if (fell.length) {
+    const lacks = [...new Set(fell.flatMap((c) => c.missing || []))];
+    say("precision", `This GPU lacks ${lacks.join(", ") || "a feature the preferred graphs need"}, so the page chose: ` +
+      fell.map((c) => `${c.role} → ${c.precision} on ${wordsOf(deviceKey, c.device)}` +
+        (c.fallback === FALLBACK.wasm ? " (no variant fits this GPU)" : "")).join("; ") + ".", "info");
+  } else {
+    unsay("precision");
+  }
+  $("toggle").disabled = false;
+  showCache();
+  if (params.has("autostart") && !autostarted) {
+    autostarted = true;
+    start();
+  }
+}
 
 function handle(m) {
   switch (m.type) {
-    case "status":
+    case OUT.status:
       $("status").textContent = m.text;
       break;
-    case "progress":
+    case OUT.plan:
+      showPlan(m.files);
+      break;
+    case OUT.progress:
       showProgress(m);
       break;
-    case "device":
-      if (m.why === "no-webgpu") {
-        say("webgpu", "This browser has no WebGPU, so the model runs on the CPU (wasm) instead: it works, " +
-          "but captions come more slowly. A current Chrome or Edge with WebGPU enabled is faster.");
-      } else if (m.why === "no-adapter") {
-        say("webgpu", "WebGPU is available but no graphics adapter was found (GPU blocked or unsupported), " +
-          "so the model runs on the CPU (wasm) instead, more slowly.");
-      }
+    case OUT.backend:
+      showBackend(m);
       break;
-    case "ready": {
-      state.ready = true;
-      state.info = m;
-      state.pageReadyMs = performance.now() - state.started;
-      const precisions = m.choices.map((c) => `${c.role} ${c.precision}${c.device !== m.device ? ` (${c.device})` : ""}`).join(", ");
-      $("backend").textContent = `${m.device === "webgpu" ? "WebGPU" : "wasm (CPU)"} · ${precisions}`;
-      $("status").textContent = `Ready in ${(state.pageReadyMs / 1000).toFixed(1)} s. ${m.describe}`;
-      const fallback = m.choices.filter((c) => c.reason !== "preferred variant" && m.device === "webgpu");
-      if (fallback.length) {
-        say("precision", "This GPU has no 16-bit float support (shader-f16), so the page chose: " +
-          fallback.map((c) => `${c.role} → ${c.precision} on ${c.device}`).join("; ") + ".", "info");
-      }
-      $("toggle").disabled = false;
-      showCache();
-      if (params.has("autostart")) start();
+    case OUT.ready:
+      showReady(m);
       break;
-    }
-    case "token":
+    case OUT.token:
       if (m.id === state.frameId) {
         state.current += m.piece;
         $("caption").textContent = state.current;
       }
       break;
-    case "caption":
+    case OUT.caption:
       state.inFlight = false;
-      if (m.cancelled) { state.cancelled += 1; break; }
-      if (m.error) { const [k, t] = explainError(m.error); say(k, t, "error"); break; }
+      if (m.cancelled || (m.error && m.error.code === ERR.cancelled)) { state.cancelled += 1; break; }
+      if (m.error) { showError(m.error); break; }
       recordCaption(m);
       break;
-    case "dropped":
+    case OUT.dropped:
       state.inFlight = false;
       state.dropped += 1;
       $("f-dropped").textContent = String(state.dropped);
       break;
-    case "lastFrame":
+    case OUT.lastFrame:
       while (pending.length) pending.shift()(m.frame);
       break;
-    case "log":
-      state.logs.push(m.text);
-      break;
-    case "error": {
+    case OUT.error:
       state.inFlight = false;
-      const [k, t] = explainError(m.text, m.name);
-      say(k, t, "error");
-      if (!state.ready) $("status").textContent = "Loading failed.";
+      showError(m.error);
+      if (state.switching) {
+        state.switching = false;
+        $("status").textContent = `Switching the backend failed; still on ${wordsOf(deviceKey, state.info.device)}.`;
+      } else if (!state.ready) {
+        $("status").textContent = "Loading failed.";
+        $("retry").hidden = false;
+      }
       break;
-    }
   }
 }
 
@@ -260,32 +411,49 @@ $("clearHistory").onclick = () => { state.captions = []; $("history").textConten
 
 // ---------------------------------------------------------------- controls
 
-$("prompt").value = settings.default_prompt;
-$("maxTokens").value = String(settings.max_new_tokens);
-$("interval").value = String(settings.interval_ms);
-$("size").value = String(settings.frame_size);
-for (const s of settings.prompts) {
+const promptKey = S.prompt.key;
+const tokensKey = S.max_new_tokens.key;
+for (const text of C.prompts) {
   const b = document.createElement("button");
-  b.textContent = s;
+  b.textContent = text;
   b.className = "suggestion";
-  b.onclick = () => { $("prompt").value = s; sendPrompt(); };
+  b.onclick = () => { $(FIELD[promptKey]).value = text; sendPrompt(); };
   $("suggestions").append(b);
 }
 let promptTimer = null;
 function sendPrompt() {
   clearTimeout(promptTimer);
+  const got = check(promptKey, $(FIELD[promptKey]).value.trim() || S.prompt.default);
+  mark(promptKey, got.problem);
+  if (got.problem) return;  // the worker keeps the last good prompt
   state.current = "";
-  worker.postMessage({ type: "prompt", prompt: $("prompt").value.trim() || settings.default_prompt });
+  worker.postMessage({ type: IN.prompt, prompt: got.value });
 }
-$("prompt").oninput = () => { clearTimeout(promptTimer); promptTimer = setTimeout(sendPrompt, 400); };
+$(FIELD[promptKey]).oninput = () => { clearTimeout(promptTimer); promptTimer = setTimeout(sendPrompt, 400); };
 function sendOptions() {
-  const n = Math.max(1, Math.min(512, Number($("maxTokens").value) || settings.max_new_tokens));
-  worker.postMessage({ type: "options", options: { max_new_tokens: n } });
+  const got = current(tokensKey);
+  if (got.problem) return;  // shown at the field; the worker keeps the last good value
+  worker.postMessage({ type: IN.options, options: { [tokensKey]: got.value } });
 }
-$("maxTokens").onchange = sendOptions;
-sendOptions();
-sendPrompt();
-$("device").onchange = () => { params.set("device", $("device").value); location.search = params.toString(); };
+$(FIELD[tokensKey]).onchange = sendOptions;
+$(FIELD[tokensKey]).oninput = () => current(tokensKey);
+if (!fromUrl[tokensKey]) sendOptions();
+if (!fromUrl[promptKey]) sendPrompt();
+for (const key of [S.interval_ms.key, S.frame_size.key]) $(FIELD[key]).onchange = () => current(key);
+// A new backend: the worker re-creates its sessions and the page stays (reloading keeps the choice).
+$(FIELD[deviceKey]).onchange = () => {
+  const got = current(deviceKey);
+  if (got.problem) return;
+  params.set(URL_PARAM[deviceKey], got.value);
+  history.replaceState(null, "", `${location.pathname}?${params}`);
+  if (!state.ready || state.switching) {
+    location.reload();
+    return;
+  }
+  state.switching = true;
+  worker.postMessage({ type: IN.device, device: got.value });
+};
+const settingValue = (key) => check(key, $(FIELD[key]).value).value ?? S[key].default;
 
 async function listCameras() {
   if (!navigator.mediaDevices || !navigator.mediaDevices.enumerateDevices) return;
@@ -382,7 +550,7 @@ async function grab() {
   const w = src.videoWidth || src.naturalWidth;
   const h = src.videoHeight || src.naturalHeight;
   if (!w || !h) return null;
-  const max = Number($("size").value);
+  const max = settingValue(S.frame_size.key);
   const scale = max > 0 ? Math.min(1, max / Math.max(w, h)) : 1;
   const opts = scale < 1 ? { resizeWidth: Math.round(w * scale), resizeHeight: Math.round(h * scale), resizeQuality: "high" } : {};
   return await createImageBitmap(src, opts);
@@ -390,16 +558,18 @@ async function grab() {
 
 async function loop() {
   while (state.running) {
-    const interval = Number($("interval").value);
+    const interval = settingValue(S.interval_ms.key);
     const due = performance.now() - state.lastSent >= interval;
-    if (!state.inFlight && due) {
+    if (!state.inFlight && !state.switching && due) {
       const bitmap = await grab().catch(() => null);
       if (bitmap) {
         state.inFlight = true;
         state.lastSent = performance.now();
         state.frameId += 1;
         state.current = "";
-        worker.postMessage({ type: "frame", id: state.frameId, bitmap }, [bitmap]);
+        const mediaTime = state.source === "image" ? null : $("video").currentTime;
+        worker.postMessage({ type: IN.frame, id: state.frameId, bitmap, source: state.source, media_time: mediaTime },
+                           [bitmap]);
         if (state.source === "image" && interval === 0) {
           // A still image gives the same caption every time: caption it once, then pause.
           pause();

@@ -35,9 +35,13 @@
  *   clearCache()         -> deletes this site's caches (the next visit downloads again)
  */
 
-const CACHE_FILES = 'lfmvl-files-v1';
-const SHA_HEADER = 'X-Lfmvl-Sha256';
-const RELOAD_KEY = 'lfmvl-coi-reload';
+import './contract.js';
+
+// Names shared with sw.js and the Python side: contract.js, generated from lfmvl_site/runtime/contract.py.
+const C = globalThis.LFMVL_CONTRACT;
+const {cache_files: CACHE_FILES, cache_prefix: CACHE_PREFIX, sha_header: SHA_HEADER, reload_key: RELOAD_KEY,
+  message_type: MESSAGE_TYPE} = C.sw;
+const KIND = C.sw.kinds;
 
 const MEANING = 'Without cross-origin isolation, SharedArrayBuffer is unavailable: onnxruntime-web and ' +
   'Pyodide run on a single thread (slower on the wasm backend; WebGPU is unaffected). Captioning still works.';
@@ -61,10 +65,7 @@ function isolationReason(supported, reloaded) {
 async function readManifest(scope) {
   const resp = await fetch(new URL('manifest.json', scope), {cache: 'no-cache'});
   if (!resp.ok) throw new Error(`manifest.json: HTTP ${resp.status}`);
-  const data = await resp.json();
-  let files = data.files;
-  if (files && !Array.isArray(files)) files = Object.entries(files).map(([path, v]) => ({path, ...v}));
-  return (files || []).filter((f) => f && typeof f.path === 'string' && typeof f.sha256 === 'string');
+  return C.readFiles(await resp.json());
 }
 
 async function cachedSha(url) {
@@ -100,8 +101,8 @@ export async function registerServiceWorker(opts = {}) {
   if (supported) {
     navigator.serviceWorker.addEventListener('message', (ev) => {
       const msg = ev.data;
-      if (!msg || msg.type !== 'lfmvl-sw') return;
-      if (msg.kind === 'integrity-error') errors.push({path: msg.path, message: msg.message});
+      if (!msg || msg.type !== MESSAGE_TYPE) return;
+      if (msg.kind === KIND.integrity_error) errors.push({path: msg.path, message: msg.message});
       events.dispatchEvent(new CustomEvent(msg.kind, {detail: msg}));
     });
     registration = await navigator.serviceWorker.register(url, {scope: scopeUrl.href});
@@ -236,10 +237,10 @@ export async function registerServiceWorker(opts = {}) {
     async clearCache() {
       if (!self.caches) return;
       for (const name of await caches.keys()) {
-        if (name.startsWith('lfmvl-')) await caches.delete(name);
+        if (name.startsWith(CACHE_PREFIX)) await caches.delete(name);
       }
       if (navigator.serviceWorker && navigator.serviceWorker.controller) {
-        navigator.serviceWorker.controller.postMessage({type: 'lfmvl-forget'});
+        navigator.serviceWorker.controller.postMessage({type: C.sw.commands.forget});
       }
     },
   };

@@ -15,16 +15,19 @@
  * - Every same-origin response it returns carries COOP same-origin, COEP require-corp and CORP same-origin, so
  *   on hosts that cannot set headers (GitHub Pages) the page becomes crossOriginIsolated after one reload
  *   (sw-register.js does that reload). Cross-origin requests are not touched.
- * Keep CACHE_FILES, CACHE_META and SHA_HEADER in step with sw-register.js.
+ * Cache names, header, message kinds and the manifest reader come from contract.js (generated from
+ * lfmvl_site/runtime/contract.py), shared with sw-register.js and the page.
  */
 'use strict';
 
-const CACHE_FILES = 'lfmvl-files-v1';
-const CACHE_META = 'lfmvl-meta-v1';
-const SHA_HEADER = 'X-Lfmvl-Sha256';
+importScripts('./contract.js');
+const C = self.LFMVL_CONTRACT;
+const {cache_files: CACHE_FILES, cache_meta: CACHE_META, cache_prefix: CACHE_PREFIX, sha_header: SHA_HEADER,
+  message_type: MESSAGE_TYPE, manifest_timeout_ms: MANIFEST_TIMEOUT_MS} = C.sw;
+const KIND = C.sw.kinds;
+const COMMAND = C.sw.commands;
 const SCOPE = new URL(self.registration.scope);
 const MANIFEST_URL = new URL('manifest.json', SCOPE).href;
-const MANIFEST_TIMEOUT_MS = 4000;
 const COI = {
   'Cross-Origin-Opener-Policy': 'same-origin',
   'Cross-Origin-Embedder-Policy': 'require-corp',
@@ -42,13 +45,9 @@ function keyOf(url) {
 }
 
 function parseManifest(text) {
-  const data = JSON.parse(text);
-  let files = data.files;
-  if (files && !Array.isArray(files)) files = Object.entries(files).map(([path, v]) => ({path, ...v}));
-  if (!Array.isArray(files)) throw new Error('manifest.json has no "files" list');
+  const files = C.readFiles(JSON.parse(text));
   const byUrl = new Map();
   for (const f of files) {
-    if (!f || typeof f.path !== 'string' || typeof f.sha256 !== 'string') continue;
     const url = keyOf(new URL(f.path, SCOPE).href);
     byUrl.set(url, {path: f.path, url, size: f.size, sha256: f.sha256.toLowerCase()});
     if (f.path === 'index.html') byUrl.set(SCOPE.href, byUrl.get(url));
@@ -58,7 +57,7 @@ function parseManifest(text) {
 
 async function broadcast(msg) {
   const all = await self.clients.matchAll({includeUncontrolled: true, type: 'window'});
-  for (const c of all) c.postMessage({type: 'lfmvl-sw', ...msg});
+  for (const c of all) c.postMessage({type: MESSAGE_TYPE, ...msg});
 }
 
 async function loadActive() {
@@ -90,7 +89,7 @@ async function adopt(text) {
   }
   const first = active === null;
   active = next;
-  if (!first) broadcast({kind: 'manifest-updated', dropped});
+  if (!first) broadcast({kind: KIND.manifest_updated, dropped});
   return active;
 }
 
@@ -194,7 +193,7 @@ async function fetchVerifyStore(event, key, entry) {
           const message = `${entry.path} failed its integrity check (sha256 ${actual}, ${got} bytes; ` +
             `the manifest says ${entry.sha256}, ${entry.size} bytes). It was not cached. ` +
             'The download was corrupted or the site was changed without rebuilding manifest.json.';
-          broadcast({kind: 'integrity-error', path: entry.path, expected: entry.sha256, actual, message});
+          broadcast({kind: KIND.integrity_error, path: entry.path, expected: entry.sha256, actual, message});
           if (!cancelled) ctrl.error(new TypeError(message));
           return finish(false);
         }
@@ -205,12 +204,12 @@ async function fetchVerifyStore(event, key, entry) {
             [SHA_HEADER]: entry.sha256,
           });
           await (await caches.open(CACHE_FILES)).put(key, new Response(blob, {status: 200, headers: stored}));
-          broadcast({kind: 'stored', path: entry.path, size: got});
+          broadcast({kind: KIND.stored, path: entry.path, size: got});
           if (!cancelled) ctrl.close();
           finish(true);
         } catch (e) {
           // Quota exceeded: the bytes are good, the page still gets them; only offline use suffers.
-          broadcast({kind: 'storage-full', path: entry.path, message: `${entry.path} could not be cached: ${e}`});
+          broadcast({kind: KIND.storage_full, path: entry.path, message: `${entry.path} could not be cached: ${e}`});
           if (!cancelled) ctrl.close();
           finish(false);
         }
@@ -260,7 +259,7 @@ self.addEventListener('install', (event) => {
 self.addEventListener('activate', (event) => {
   event.waitUntil((async () => {
     for (const name of await caches.keys()) {
-      if (name.startsWith('lfmvl-') && name !== CACHE_FILES && name !== CACHE_META) await caches.delete(name);
+      if (name.startsWith(CACHE_PREFIX) && name !== CACHE_FILES && name !== CACHE_META) await caches.delete(name);
     }
     await self.clients.claim();
   })());
@@ -275,9 +274,9 @@ self.addEventListener('fetch', (event) => {
 
 self.addEventListener('message', (event) => {
   const data = event.data || {};
-  if (data.type === 'lfmvl-forget') {
+  if (data.type === COMMAND.forget) {
     active = null; // the page cleared the caches
-  } else if (data.type === 'lfmvl-refresh') {
+  } else if (data.type === COMMAND.refresh) {
     event.waitUntil(refreshManifest());
   }
 });

@@ -2,134 +2,207 @@
 // onnxruntime-web through lfmvl_site.runtime.browser. JavaScript here only loads things, moves frames in
 // and messages out; preprocessing, prompt, tokenizer and the generation loop are Python.
 //
-// Messages in:  {type:"init", settings, device:"auto"|"webgpu"|"wasm", verbose}
-//               {type:"frame", id, bitmap (ImageBitmap, transferred)}  -- at most one in flight; extras dropped
-//               {type:"prompt", prompt} / {type:"options", options}     -- a prompt change cancels the caption
-//               {type:"lastFrame"}                                       -- the pixels of the last captioned frame
-// Messages out: status, device, progress, ready, token, caption, dropped, error, lastFrame
+// Message types, their fields, error codes and backend reasons are in contract.js (generated from
+// lfmvl_site/runtime/contract.py): C.messages.in / C.messages.out, C.errors, C.deviceReasons.
 
+import "./contract.js";
 import { loadPyodide } from "./pyodide/pyodide.mjs";
 import * as ort from "./ort/ort.webgpu.min.mjs";
 
+const C = globalThis.LFMVL_CONTRACT;
+const IN = C.messages.in;
+const OUT = C.messages.out;
+const ERR = C.errors;
+const WHY = C.deviceReasons;
+const DEV = C.devices;
+
+let pyodide = null;     // loaded once; a retry after a failed model download reuses it
 let runtime = null;     // lfmvl_site.runtime.browser.PageRuntime (a PyProxy)
-let busy = false;       // a frame is being captioned
-let prompt = "Describe this image.";
-let options = { max_new_tokens: 32 };
+let loaded = false;     // the model is ready
+let busy = false;       // a frame is being captioned, or the backend is being switched
+let prompt = C.settings.prompt.default;
+let options = { [C.settings.max_new_tokens.key]: C.settings.max_new_tokens.default };
 let lastFrame = null;   // {id, width, height, data}
+let lastInit = null;    // the init message, for a retry
+const failures = new Map(); // site path -> {code, file, status, detail}: downloads that failed, latest last
 let canvas = null;
 let ctx = null;
+const sizes = new Map(); // site path -> size from manifest.json (exact decoded sizes for progress)
+const base = new URL("./", import.meta.url).href;
 
 const post = (msg, transfer) => self.postMessage(msg, transfer || []);
+const pathOf = (url) => { const u = new URL(url, base); return u.href.startsWith(base) ? u.href.slice(base.length).split("?")[0] : u.href; };
 
-// Streams a file and reports bytes as they arrive; returns a Uint8Array.
-async function fetchBytes(url, label) {
+// Every fetch of this worker (Pyodide's wasm, stdlib and packages, onnxruntime-web's wasm, the model)
+// goes through here, so the page gets bytes for all of it.
+const realFetch = self.fetch.bind(self);
+self.fetch = async (input, init) => {
+  const url = typeof input === "string" || input instanceof URL ? String(input) : input.url;
+  const file = pathOf(url);
   let resp;
   try {
-    resp = await fetch(url);
+    resp = await realFetch(input, init);
   } catch (e) {
-    throw new Error(`download of ${label} failed (${e.message})`);
+    noteFailure(file, 0, e);
+    throw e;
   }
-  if (!resp.ok) throw new Error(`download of ${label} failed (HTTP ${resp.status})`);
-  const total = Number(resp.headers.get("Content-Length")) || 0;
+  if (!resp.ok) {
+    noteFailure(file, resp.status, `HTTP ${resp.status}`);
+    return resp;
+  }
+  if (!resp.body) return resp;
+  const total = sizes.get(file) || Number(resp.headers.get("Content-Length")) || 0;
   const started = performance.now();
-  if (!resp.body) {
-    const buf = new Uint8Array(await resp.arrayBuffer());
-    post({ type: "progress", file: label, loaded: buf.length, total: buf.length, ms: performance.now() - started, done: true });
-    return buf;
-  }
-  const reader = resp.body.getReader();
-  const chunks = [];
-  let loaded = 0;
+  let got = 0;
   let lastPost = 0;
-  for (;;) {
-    let chunk;
-    try {
-      chunk = await reader.read();
-    } catch (e) {
-      // The connection dropped mid-body (or the service worker refused the bytes): name the file.
-      throw new Error(`download of ${label} failed (${e.message || e})`);
-    }
-    const { done, value } = chunk;
-    if (done) break;
-    chunks.push(value);
-    loaded += value.length;
-    const now = performance.now();
-    if (now - lastPost > 100) {
-      lastPost = now;
-      post({ type: "progress", file: label, loaded, total, ms: now - started, done: false });
-    }
+  const report = (done) => post({ type: OUT.progress, file, loaded: got, total: done ? got : total, ms: performance.now() - started, done });
+  const counter = new TransformStream({
+    transform(chunk, ctrl) {
+      got += chunk.byteLength;
+      const now = performance.now();
+      if (now - lastPost > 100) { lastPost = now; report(false); }
+      ctrl.enqueue(chunk);
+    },
+    flush() { report(true); },
+  });
+  report(false);
+  return new Response(resp.body.pipeThrough(counter), { status: resp.status, statusText: resp.statusText, headers: resp.headers });
+};
+
+function noteFailure(file, status, e) {
+  failures.delete(file);
+  failures.set(file, { code: ERR.download_failed, file, status, detail: String(e && e.message ? e.message : e) });
+}
+const failure = () => [...failures.values()].pop() || null;
+// A download this worker saw fail says more than what the Python side made of it (a missing-file error).
+const loadError = (err) => ((!err || err.code === ERR.model_file || err.code === ERR.internal) && failure()) || err;
+
+// The Python side's helpers: a file's bytes (progress comes from the fetch above), a text file (null on 404).
+async function fetchBytes(url, label) {
+  const resp = await fetch(url);
+  if (!resp.ok) throw new Error(`download of ${label} failed (HTTP ${resp.status})`);
+  try {
+    return new Uint8Array(await resp.arrayBuffer());
+  } catch (e) {
+    // The connection dropped mid-body (or the service worker refused the bytes): name the file.
+    noteFailure(pathOf(url), 0, e);
+    throw new Error(`download of ${label} failed (${e.message || e})`);
   }
-  const out = new Uint8Array(loaded);
-  let at = 0;
-  for (const c of chunks) { out.set(c, at); at += c.length; }
-  post({ type: "progress", file: label, loaded, total: total || loaded, ms: performance.now() - started, done: true });
-  return out;
 }
 
 async function fetchText(url) {
   const resp = await fetch(url);
+  if (resp.status === 404) { failures.delete(pathOf(url)); return null; }  // optional files may be absent
   if (!resp.ok) throw new Error(`HTTP ${resp.status} for ${url}`);
   return await resp.text();
 }
 
 async function chooseDevice(wanted) {
-  if (wanted === "wasm") return { device: "wasm", features: [], why: "wasm chosen" };
-  if (!("gpu" in navigator)) return { device: "wasm", features: [], why: "no-webgpu" };
+  const none = { features: [], adapter: null };
+  if (wanted === DEV.wasm) return { device: DEV.wasm, why: WHY.chosen, ...none };
+  if (!("gpu" in navigator)) return { device: DEV.wasm, why: WHY.no_webgpu, ...none };
   let adapter = null;
   try { adapter = await navigator.gpu.requestAdapter(); } catch { adapter = null; }
-  if (!adapter) return { device: "wasm", features: [], why: "no-adapter" };
+  if (!adapter) return { device: DEV.wasm, why: WHY.no_adapter, ...none };
   const info = adapter.info || {};
-  return {
-    device: "webgpu",
-    features: [...adapter.features],
-    why: "webgpu",
-    adapter: { vendor: info.vendor || "", architecture: info.architecture || "", description: info.description || "" },
-  };
+  const fallback = Boolean(info.isFallbackAdapter ?? adapter.isFallbackAdapter);
+  const described = { vendor: info.vendor || "", architecture: info.architecture || "", description: info.description || "", fallback };
+  // A software adapter (SwiftShader, WARP) still runs WebGPU; `adapter.fallback` lets the page say it is slow.
+  return { device: DEV.webgpu, why: wanted === DEV.webgpu ? WHY.chosen : WHY.webgpu, features: [...adapter.features], adapter: described };
+}
+
+function fail(err, where) {
+  post({ type: OUT.error, where, error: err });
+}
+
+function jsError(e) {
+  const name = e && e.name;
+  const detail = String(e && e.message ? e.message : e);
+  if (name === "QuotaExceededError") return { code: ERR.storage_full, detail };
+  if (name === "RangeError") return { code: ERR.out_of_memory, detail };
+  return { code: ERR.internal, detail };
+}
+
+async function readSizes() {
+  const resp = await realFetch(new URL("manifest.json", base));
+  if (!resp.ok) return [];
+  const files = C.readFiles(await resp.json());
+  for (const f of files) sizes.set(f.path, f.size);
+  return files;
 }
 
 async function init(msg) {
+  lastInit = msg;
+  failures.clear();
   const t0 = performance.now();
   const s = msg.settings;
-  const base = new URL("./", import.meta.url).href;
 
-  post({ type: "status", text: "Choosing a backend…" });
-  const dev = await chooseDevice(msg.device || "auto");
-  post({ type: "device", ...dev });
+  const files = await readSizes().catch(() => []);
+  // What this load fetches: Pyodide, onnxruntime-web's wasm, packages, the wheel, the model's configs (the
+  // page's own files are here already; the graphs come with the Python side's plan, once it has chosen).
+  const fetched = (p) => p.includes("/") && !p.startsWith("model/onnx/") && !/\.m?js$/.test(p);
+  post({ type: OUT.plan, files: files.filter((f) => fetched(f.path)).map((f) => ({ file: f.path, size: f.size })) });
+
+  post({ type: OUT.status, phase: "backend", text: "Choosing a backend…" });
+  const dev = await chooseDevice(msg.device || DEV.auto);
+  post({ type: OUT.backend, ...dev });
 
   ort.env.wasm.wasmPaths = new URL("ort/", base).href;
   // Threads need SharedArrayBuffer, i.e. a cross-origin isolated page.
   ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
   if (msg.verbose) ort.env.logLevel = "verbose";
 
-  post({ type: "status", text: "Starting Python (Pyodide)…" });
-  const pyodide = await loadPyodide({
-    indexURL: new URL("pyodide/", base).href,
-    lockFileURL: new URL("pyodide/pyodide-lock.json", base).href,
-    stdout: (t) => console.log(t),
-    stderr: (t) => console.warn(t),
-  });
+  if (!pyodide) {
+    post({ type: OUT.status, phase: "python", text: "Starting Python (Pyodide)…" });
+    pyodide = await loadPyodide({
+      indexURL: new URL("pyodide/", base).href,
+      lockFileURL: new URL("pyodide/pyodide-lock.json", base).href,
+      stdout: (t) => console.log(t),
+      stderr: (t) => console.warn(t),
+    });
+  }
   const tPy = performance.now();
-  post({ type: "status", text: "Loading numpy, jinja2 and the runtime…" });
-  await pyodide.loadPackage(s.pyodide_packages, { messageCallback: () => {}, errorCallback: (t) => console.warn(t) });
-  await pyodide.loadPackage(new URL(s.runtime_wheel, base).href, { messageCallback: () => {} });
-  const browser = pyodide.pyimport("lfmvl_site.runtime.browser");
-  runtime = browser.PageRuntime();
+  if (!runtime) {
+    post({ type: OUT.status, phase: "packages", text: "Loading numpy, jinja2 and the runtime…" });
+    await pyodide.loadPackage(s.pyodide_packages, { messageCallback: () => {}, errorCallback: (t) => console.warn(t) });
+    await pyodide.loadPackage(new URL(s.runtime_wheel, base).href, { messageCallback: () => {} });
+    runtime = pyodide.pyimport("lfmvl_site.runtime.browser").PageRuntime();
+  }
   const tPkgs = performance.now();
 
-  post({ type: "status", text: "Loading the model…" });
+  post({ type: OUT.status, phase: "model", text: "Loading the model…" });
+  const onPlan = (json) => post({ type: OUT.plan, files: JSON.parse(json) });
   const info = JSON.parse(await runtime.load(ort, new URL(s.model_url, base).href, dev.device, dev.features,
-                                             fetchBytes, fetchText, !!msg.verbose));
+                                             fetchBytes, fetchText, !!msg.verbose, onPlan));
+  if (info.error) {
+    fail(loadError(info.error), "load");
+    return;
+  }
   const tModel = performance.now();
+  loaded = true;
+  failures.clear();  // whatever failed on the way was not fatal
   post({
-    type: "ready",
+    type: OUT.ready,
     ...info,
-    device: dev.device,
-    why: dev.why,
-    adapter: dev.adapter || null,
-    features: dev.features,
+    ...dev,
     threads: ort.env.wasm.numThreads,
     timings: { pyodide_ms: tPy - t0, packages_ms: tPkgs - tPy, model_ms: tModel - tPkgs, total_ms: tModel - t0 },
   });
+}
+
+async function switchDevice(wanted) {
+  if (!loaded) return;
+  busy = true;
+  try {
+    post({ type: OUT.status, phase: "backend", text: "Switching the backend…" });
+    const dev = await chooseDevice(wanted);
+    post({ type: OUT.backend, ...dev });
+    const info = JSON.parse(await runtime.switch(ort, dev.device, dev.features));
+    if (info.error) { fail(loadError(info.error), "device"); return; }
+    post({ type: OUT.ready, ...info, ...dev, threads: ort.env.wasm.numThreads, timings: {} });
+  } finally {
+    busy = false;
+  }
 }
 
 function pixelsOf(bitmap) {
@@ -144,9 +217,10 @@ function pixelsOf(bitmap) {
 }
 
 async function captionFrame(msg) {
-  if (busy || !runtime) {            // drop, never queue
+  const echo = { id: msg.id, source: msg.source, media_time: msg.media_time };
+  if (busy || !runtime || !loaded) {            // drop, never queue
     msg.bitmap.close();
-    post({ type: "dropped", id: msg.id });
+    post({ type: OUT.dropped, id: msg.id });
     return;
   }
   busy = true;
@@ -155,13 +229,18 @@ async function captionFrame(msg) {
     const frame = pixelsOf(msg.bitmap);
     lastFrame = { id: msg.id, ...frame };
     const tRead = performance.now() - t0;
-    const onToken = (id, piece) => post({ type: "token", id: msg.id, token: id, piece });
-    const json = await runtime.caption(frame.data, frame.width, frame.height, prompt, JSON.stringify(options), onToken);
-    const result = JSON.parse(json);
+    let count = 0;
+    const onToken = (id, piece) => { count += 1; post({ type: OUT.token, id: msg.id, token: id, piece, count, ms: performance.now() - t0 }); };
+    const used = prompt;
+    const result = JSON.parse(await runtime.caption(frame.data, frame.width, frame.height, used, JSON.stringify(options), onToken));
+    if (result.error) {
+      post({ type: OUT.caption, ...echo, prompt: used, error: result.error });
+      return;
+    }
     result.timings = { ...(result.timings || {}), frame_read_ms: tRead, total_ms: performance.now() - t0 };
-    post({ type: "caption", id: msg.id, prompt, width: frame.width, height: frame.height, ...result });
+    post({ type: OUT.caption, ...echo, prompt: used, width: frame.width, height: frame.height, ...result });
   } catch (e) {
-    post({ type: "error", where: "caption", text: String(e && e.message ? e.message : e) });
+    post({ type: OUT.caption, ...echo, error: jsError(e) });
   } finally {
     busy = false;
   }
@@ -171,26 +250,32 @@ self.onmessage = async (ev) => {
   const msg = ev.data;
   try {
     switch (msg.type) {
-      case "init":
+      case IN.init:
         await init(msg);
         break;
-      case "frame":
+      case IN.retry:
+        if (!loaded && lastInit) await init(lastInit);
+        break;
+      case IN.frame:
         await captionFrame(msg);
         break;
-      case "prompt":
+      case IN.prompt:
         if (msg.prompt !== prompt) {
           prompt = msg.prompt;
           if (runtime) runtime.cancel();
         }
         break;
-      case "options":
+      case IN.options:
         options = { ...options, ...msg.options };
         break;
-      case "lastFrame":
-        post({ type: "lastFrame", frame: lastFrame ? { id: lastFrame.id, width: lastFrame.width, height: lastFrame.height, data: lastFrame.data.slice() } : null });
+      case IN.device:
+        await switchDevice(msg.device);
+        break;
+      case IN.lastFrame:
+        post({ type: OUT.lastFrame, frame: lastFrame ? { id: lastFrame.id, width: lastFrame.width, height: lastFrame.height, data: lastFrame.data.slice() } : null });
         break;
     }
   } catch (e) {
-    post({ type: "error", where: msg.type, name: e && e.name, text: String(e && e.message ? e.message : e) });
+    fail(failures.size ? failure() : jsError(e), msg.type);
   }
 };

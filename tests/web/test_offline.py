@@ -20,10 +20,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+
+from lfmvl_site.runtime.contract import CONTRACT_JS, SW, render_js
 
 pytestmark = pytest.mark.browser
 
@@ -38,7 +40,7 @@ PAGE = """<!doctype html><meta charset=utf-8><title>sw test</title><body>
 import {registerServiceWorker} from './sw-register.js';
 window.__events = [];
 const sw = await registerServiceWorker({precache: 'none', timeoutMs: 15000});
-for (const k of ['integrity-error', 'stored', 'storage-full', 'manifest-updated'])
+for (const k of Object.values(globalThis.LFMVL_CONTRACT.sw.kinds))
   sw.events.addEventListener(k, (e) => window.__events.push(e.detail));
 window.__sw = sw;
 window.__state = {coi: self.crossOriginIsolated, reloaded: sw.reloaded, msg: sw.isolationMessage,
@@ -52,7 +54,8 @@ def write_site(root: Path, files: dict[str, bytes], *, lie: dict[str, str] | Non
     """The page, the worker sources, `files`, and manifest.json (sha256 of each; `lie` overrides some)."""
     root.mkdir(parents=True, exist_ok=True)
     all_files = {"index.html": PAGE.encode(), "sw.js": (REPO / "web/sw.js").read_bytes(),
-                 "sw-register.js": (REPO / "web/sw-register.js").read_bytes(), **files}
+                 "sw-register.js": (REPO / "web/sw-register.js").read_bytes(),
+                 CONTRACT_JS: render_js().encode(), **files}
     for rel, data in all_files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(data)
@@ -163,11 +166,12 @@ FETCH_SHA = """async (path) => {
                        (x) => x.toString(16).padStart(2, '0')).join('');
   return {status: r.status, sha: h, size: b.byteLength};
 }"""
-CACHED = """async (path) => {
-  const c = await caches.open('lfmvl-files-v1');
+CACHED = f"""async (path) => {{
+  const c = await caches.open('{SW.cache_files}');
   const hit = await c.match(new URL(path, location.href).href);
-  return hit ? hit.headers.get('X-Lfmvl-Sha256') : null;
-}"""
+  return hit ? hit.headers.get('{SW.sha_header}') : null;
+}}"""
+SHELL = ("index.html", "sw.js", "sw-register.js", CONTRACT_JS)  # what write_site adds to `files`
 
 
 def sha(data: bytes) -> str:
@@ -184,11 +188,10 @@ def test_offline_after_restart_with_server_stopped(pw, serve, tmp_path: Path) ->
         state = page.evaluate("window.__state")
         assert state["coi"] is True and state["controlled"] is True and state["reloaded"] is False
         result = page.evaluate("async () => await window.__sw.precache('all')")
-        assert result["failed"] == [] and sorted(result["fetched"]) == sorted(
-            ["index.html", "sw.js", "sw-register.js", *files])
+        assert result["failed"] == [] and sorted(result["fetched"]) == sorted([*SHELL, *files])
         info = page.evaluate("async () => await window.__sw.cacheInfo()")
         assert info["missing"] == [] and info["cachedBytes"] == sum(len(d) for d in [*files.values()]) + sum(
-            (site / p).stat().st_size for p in ("index.html", "sw.js", "sw-register.js"))
+            (site / p).stat().st_size for p in SHELL)
         space = page.evaluate("async () => await window.__sw.checkSpace()")
         assert space["needed"] == 0 and space["ok"] is True and space["free"] > 0
     server.stop()  # the network is gone: no server, and the browser offline too
@@ -232,8 +235,9 @@ def test_tampered_file_is_refused_and_not_cached(pw, serve, tmp_path: Path) -> N
           catch (e) { return 'failed'; }
         }""")
         assert direct == "failed"
-        page.wait_for_function("window.__events.some(e => e.kind === 'integrity-error')")
-        events = page.evaluate("window.__events.filter(e => e.kind === 'integrity-error')")
+        integrity = "window.__events.filter(e => e.kind === LFMVL_CONTRACT.sw.kinds.integrity_error)"
+        page.wait_for_function(f"{integrity}.length > 0")
+        events = page.evaluate(integrity)
         assert all(e["path"] == "model/onnx/decoder.onnx_data" for e in events)
 
 
@@ -344,14 +348,15 @@ def test_real_page_captions_offline_after_restart(pw, serve, built_site: Path, c
         # Whatever the first visit loaded before the worker took control is fetched once more through it.
         missing = page.evaluate("""async () => {
           const m = await (await fetch('manifest.json')).json();
-          const c = await caches.open('lfmvl-files-v1');
+          const {cache_files, sha_header} = globalThis.LFMVL_CONTRACT.sw;
+          const c = await caches.open(cache_files);
           const out = [];
           for (const f of m.files) {
             if ((await c.match(new URL(f.path, location.href).href)) === undefined) {
               await (await fetch(f.path)).arrayBuffer();
             }
             const hit = await c.match(new URL(f.path, location.href).href);
-            if (!hit || hit.headers.get('X-Lfmvl-Sha256') !== f.sha256) out.push(f.path);
+            if (!hit || hit.headers.get(sha_header) !== f.sha256) out.push(f.path);
           }
           return out;
         }""")

@@ -19,16 +19,19 @@ can be tested under CPython.
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..errors import ContractError, ModelFileError
+from . import contract
 from .backend import Backend, Session, TensorInfo
 
-ROLES = ("embed_tokens", "embed_images", "decoder")
+ROLES = contract.GRAPH_ROLES
 # numpy dtype name → onnxruntime-web tensor type.
 _ORT_TYPE = {"float32": "float32", "float16": "float16", "int64": "int64", "int32": "int32", "bool": "bool",
              "uint8": "uint8"}
@@ -38,7 +41,12 @@ _CACHE_PREFIXES = ("present",)
 
 @dataclass(frozen=True)
 class Choice:
-    """Which manifest variant serves a role, on which execution provider, and why."""
+    """Which manifest variant serves a role, on which execution provider, and why.
+
+    ``fallback`` is one of :data:`contract.FALLBACKS` (``"none"``, ``"variant"``, ``"wasm"``) and
+    ``missing`` the adapter features the preferred variant needed: the page words them; ``reason``
+    is the same in English for logs and the CLI.
+    """
 
     role: str
     precision: str
@@ -46,10 +54,13 @@ class Choice:
     external_data: tuple[str, ...]
     device: str  # "webgpu" or "wasm"
     reason: str
+    fallback: str = "none"
+    missing: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {"role": self.role, "precision": self.precision, "file": self.file, "device": self.device,
-                "reason": self.reason}
+        return {"role": self.role, "precision": self.precision, "file": self.file,
+                "external_data": list(self.external_data), "device": self.device,
+                "reason": self.reason, "fallback": self.fallback, "missing": list(self.missing)}
 
 
 def choose_variant(role: str, variants: Sequence[Mapping[str, Any]], device: str, features: Iterable[str]) -> Choice:
@@ -63,20 +74,24 @@ def choose_variant(role: str, variants: Sequence[Mapping[str, Any]], device: str
         raise ModelFileError(f"manifest.json lists no variant for {role}; rebuild the site with `lfmvl-site build`.")
     have = set(features)
 
-    def make(v: Mapping[str, Any], dev: str, reason: str) -> Choice:
+    def make(v: Mapping[str, Any], dev: str, reason: str, fallback: str = "none",
+             missing: Iterable[str] = ()) -> Choice:
         return Choice(role, str(v.get("precision", "?")), str(v["file"]), tuple(v.get("external_data") or ()), dev,
-                      reason)
+                      reason, fallback, tuple(missing))
 
     if device != "webgpu":
         return make(variants[0], "wasm", "first variant (wasm runs every precision)")
+    preferred_needs = [n for n in variants[0].get("needs") or [] if n not in have]
     for i, v in enumerate(variants):
         missing = [n for n in v.get("needs") or [] if n not in have]
         if not missing:
-            why = "preferred variant" if i == 0 else (
-                f"adapter lacks {', '.join(variants[0].get('needs') or [])}; using the {v.get('precision')} variant")
-            return make(v, "webgpu", why)
-    needs = sorted({n for v in variants for n in v.get("needs") or []})
-    return make(variants[0], "wasm", f"no variant fits this GPU (lacks {', '.join(needs)}); running on wasm")
+            if i == 0:
+                return make(v, "webgpu", "preferred variant")
+            return make(v, "webgpu", f"adapter lacks {', '.join(preferred_needs)}; using the {v.get('precision')} variant",
+                        "variant", preferred_needs)
+    needs = sorted({n for v in variants for n in v.get("needs") or [] if n not in have})
+    return make(variants[0], "wasm", f"no variant fits this GPU (lacks {', '.join(needs)}); running on wasm", "wasm",
+                needs)
 
 
 def _info(meta: Any, name: str) -> TensorInfo:
@@ -91,7 +106,7 @@ def _info(meta: Any, name: str) -> TensorInfo:
 class KeptValue:
     """A value left inside onnxruntime-web (GPU buffer on WebGPU) between runs."""
 
-    __slots__ = ("tensor", "name", "_stats")
+    __slots__ = ("_stats", "name", "tensor")
 
     def __init__(self, tensor: Any, name: str, stats: dict[str, Any]) -> None:
         self.tensor = tensor
@@ -109,7 +124,7 @@ class KeptValue:
 
 
 class BrowserSession(Session):
-    def __init__(self, backend: "BrowserBackend", session: Any, choice: Choice) -> None:
+    def __init__(self, backend: BrowserBackend, session: Any, choice: Choice) -> None:
         self._b = backend
         self._s = session
         self.choice = choice
@@ -123,8 +138,8 @@ class BrowserSession(Session):
         self._run_options: Any = None
 
     async def run(self, feeds: Mapping[str, Any], *, read: Sequence[str], keep: Sequence[str] = ()) -> dict[str, Any]:
-        from pyodide.ffi import to_js  # type: ignore[import-not-found]
         import js  # type: ignore[import-not-found]
+        from pyodide.ffi import to_js  # type: ignore[import-not-found]
 
         js_feeds = js.Object.new()
         made = []
@@ -220,15 +235,16 @@ class BrowserBackend(Backend):
 
     async def read_text(self, relpath: str) -> str:
         try:
-            return str(await self._fetch_text(self.model_url + relpath))
-        except Exception as exc:  # a JsException from fetch or a 404 reported by the helper
-            if "404" in str(exc):
-                raise FileNotFoundError(relpath) from None
+            text = await self._fetch_text(self.model_url + relpath)
+        except Exception as exc:  # noqa: BLE001  (a JsException from fetch; the worker keeps the structured failure)
             raise ModelFileError(f"Could not download model/{relpath} ({exc}); check the connection and reload.") from None
+        if text is None:  # the helper's answer for HTTP 404
+            raise FileNotFoundError(relpath)
+        return str(text)
 
     async def open_session(self, graph: str) -> Session:
-        from pyodide.ffi import to_js  # type: ignore[import-not-found]
         import js  # type: ignore[import-not-found]
+        from pyodide.ffi import to_js  # type: ignore[import-not-found]
 
         if graph not in self.choices:
             raise ContractError(f"Unknown graph role {graph!r}; roles are {list(ROLES)}.")
@@ -253,7 +269,7 @@ class BrowserBackend(Backend):
             session = await self.ort.InferenceSession.create(
                 model, to_js(options, dict_converter=js.Object.fromEntries)
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (whatever onnxruntime-web throws becomes one line)
             raise ModelFileError(
                 f"onnxruntime-web could not load {choice.file} on {choice.device} ({str(exc)[:300]}); "
                 "rebuild the site or reload the page."
@@ -299,25 +315,74 @@ class PageRuntime:
     """What the page's worker drives: load once, then caption frames one at a time.
 
     Arguments and results cross the FFI as JSON strings and typed arrays only, so
-    no proxies leak between calls.
+    no proxies leak between calls. Failures come back as ``{"error": {code, detail}}``
+    (codes in :data:`contract.ERRORS`), never as a traceback for the page to parse.
     """
 
     def __init__(self) -> None:
         self.backend: BrowserBackend | None = None
         self.captioner: Any = None
         self._cancel: Any = None
+        self._io: tuple[Any, Any, bool] | None = None
+        self._on_plan: Any = None
 
     async def load(self, ort: Any, model_url: str, device: str, features: Any, fetch_bytes: Any, fetch_text: Any,
-                   verbose: bool = False) -> str:
+                   verbose: bool = False, on_plan: Any = None) -> str:
+        """Load the model; ``on_plan(json)`` hears which graph files (path, size) will be fetched."""
         import json
 
+        try:
+            text = await fetch_text(model_url.rstrip("/") + "/manifest.json")
+            if text is None:
+                raise ModelFileError("model/manifest.json is missing (HTTP 404); rebuild the site with `lfmvl-site build`.")
+            manifest = contract.check_model_manifest(json.loads(str(text)))
+            self._io = (fetch_bytes, fetch_text, bool(verbose))
+            self._on_plan = on_plan
+            await self._open(ort, model_url, manifest, device, features)
+        except Exception as exc:  # noqa: BLE001  (the FFI boundary: the page gets a code, never a traceback)
+            return json.dumps({"error": contract.error_payload(exc)})
+        return self._ready()
+
+    async def switch(self, ort: Any, device: str, features: Any) -> str:
+        """Re-create the sessions on another backend (same model, prompt and page)."""
+        import json
+
+        if self.backend is None or self._io is None:
+            return json.dumps({"error": contract.error_payload(ContractError("The model is not loaded yet."))})
+        old = self.captioner
+        try:
+            await self._open(ort, self.backend.model_url, self.backend.manifest, device, features)
+        except Exception as exc:  # noqa: BLE001  (the FFI boundary: the page gets a code, never a traceback)
+            return json.dumps({"error": contract.error_payload(exc)})
+        if old is not None:
+            for session in (old.embed_tokens, old.embed_images, old.decoder):
+                with contextlib.suppress(Exception):  # an already released session: nothing left to free
+                    await session.close()
+        return self._ready()
+
+    async def _open(self, ort: Any, model_url: str, manifest: Mapping[str, Any], device: str, features: Any) -> None:
         from .generate import Captioner
 
-        manifest = json.loads(str(await fetch_text(model_url.rstrip("/") + "/manifest.json")))
+        assert self._io is not None
+        fetch_bytes, fetch_text, verbose = self._io
         feats = [str(f) for f in (features.to_py() if hasattr(features, "to_py") else features)]
-        self.backend = BrowserBackend(ort, model_url, manifest, device=device, features=feats,
-                                      fetch_bytes=fetch_bytes, fetch_text=fetch_text, verbose=verbose)
-        self.captioner = await Captioner.load(self.backend)
+        backend = BrowserBackend(ort, model_url, manifest, device=device, features=feats,
+                                 fetch_bytes=fetch_bytes, fetch_text=fetch_text, verbose=verbose)
+        if self._on_plan is not None:
+            import json
+
+            sizes = {f["path"]: f["size"] for f in manifest["files"]}
+            prefix = "model/"
+            plan = [{"file": prefix + rel, "size": sizes.get(rel, 0)}
+                    for c in backend.choices.values() for rel in (c.file, *c.external_data)]
+            self._on_plan(json.dumps(plan))
+        captioner = await Captioner.load(backend)
+        self.backend, self.captioner = backend, captioner
+
+    def _ready(self) -> str:
+        import json
+
+        assert self.backend is not None
         return json.dumps({
             "backend": self.backend.name,
             "describe": self.backend.describe(),
@@ -335,18 +400,17 @@ class PageRuntime:
         import json
         import time
 
-        from ..errors import Cancelled, LfmvlError
+        from ..errors import Cancelled
         from .generate import CancelToken
         from .sampling import SamplingSettings
 
         if self.captioner is None:
-            raise ContractError("The model is not loaded yet.")
+            return json.dumps({"error": contract.error_payload(ContractError("The model is not loaded yet."))})
         start = time.perf_counter()
-        frame = np.empty(int(height) * int(width) * 4, dtype=np.uint8)
-        rgba.assign_to(frame)  # the one copy out of JavaScript memory
-        frame = frame.reshape(int(height), int(width), 4)
+        flat = np.empty(int(height) * int(width) * 4, dtype=np.uint8)
+        rgba.assign_to(flat)  # the one copy out of JavaScript memory
+        frame = flat.reshape(int(height), int(width), 4)
         copy_ms = (time.perf_counter() - start) * 1000.0
-        settings = SamplingSettings(**json.loads(settings_json))
         self._cancel = token = CancelToken()
 
         def forward(token_id: int, piece: str) -> None:
@@ -354,11 +418,16 @@ class PageRuntime:
                 on_token(int(token_id), piece)
 
         try:
-            result = await self.captioner.caption(frame, prompt, settings=settings, on_token=forward, cancel=token)
+            options = dict(json.loads(settings_json))
+            if "max_new_tokens" in options:
+                options["max_new_tokens"] = contract.check_setting("max_new_tokens", options["max_new_tokens"])
+            settings = SamplingSettings(**options)
+            result = await self.captioner.caption(frame, contract.check_setting("prompt", prompt), settings=settings,
+                                                  on_token=forward, cancel=token)
         except Cancelled:
             return json.dumps({"cancelled": True})
-        except LfmvlError as exc:
-            return json.dumps({"error": str(exc)})
+        except Exception as exc:  # noqa: BLE001  (the FFI boundary: the page gets a code, never a traceback)
+            return json.dumps({"error": contract.error_payload(exc)})
         finally:
             if self._cancel is token:
                 self._cancel = None

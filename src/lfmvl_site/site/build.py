@@ -17,22 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import BuildError, LfmvlError
-from . import assets, output
 from ..config import pyodide_dir_from_env
+from ..errors import BuildError, LfmvlError
+from ..runtime import contract
+from . import assets, output
 from .fetch import Progress, quiet, sha256_file, stderr_progress
 from .wheel import runtime_wheel
 
 # Every file of web/ is shipped as it is, except the templates, which are rendered.
 WEB_TEMPLATES = ("index.html",)
-PROMPTS = (
-    "Describe this image.",
-    "Describe this image in one short sentence.",
-    "What is the person doing?",
-    "List the objects you can see.",
-    "Read any text in the image.",
-)
-FORMAT = 1
+FORMAT = contract.SITE_MANIFEST_FORMAT
 
 
 def web_dir() -> Path:
@@ -116,7 +110,7 @@ def _assemble(root: Path, model_options: Any, mirror: Path | None, say: Progress
     from .deploy import write_deploy_configs
 
     manifest["deploy_files"] = [_file_entry(root, p) for p in sorted(write_deploy_configs(root, manifest))]
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    contract.write_manifest(root / "manifest.json", manifest)
     return manifest
 
 
@@ -128,6 +122,7 @@ def _model_name(model_manifest: dict[str, Any]) -> str:
 
 
 def _settings(wheel_path: str, model_manifest: dict[str, Any]) -> dict[str, Any]:
+    # Build facts only: setting keys, defaults and ranges are in contract.js (C.settings).
     return {
         "version": __version__,
         "title": "Live captions · LFM2.5-VL",
@@ -135,11 +130,6 @@ def _settings(wheel_path: str, model_manifest: dict[str, Any]) -> dict[str, Any]
         "model_url": "model/",
         "runtime_wheel": wheel_path,
         "pyodide_packages": list(assets.PYODIDE_PACKAGES),
-        "default_prompt": PROMPTS[0],
-        "prompts": list(PROMPTS),
-        "max_new_tokens": 32,
-        "interval_ms": 0,
-        "frame_size": 512,
         "pyodide_version": assets.PYODIDE_VERSION,
         "ort_version": assets.ORT_VERSION,
     }
@@ -158,6 +148,7 @@ def _write_page(root: Path, settings: dict[str, Any], model_manifest: dict[str, 
     for path in sorted(src.iterdir()):
         if path.is_file() and path.name not in WEB_TEMPLATES and not path.name.startswith("."):
             shutil.copyfile(path, root / path.name)
+    (root / contract.CONTRACT_JS).write_text(contract.render_js(), encoding="utf-8")  # names web/*.js read
 
 
 def _part(path: str) -> str:
@@ -186,7 +177,7 @@ def _write_manifest(root: Path, settings: dict[str, Any], model_manifest: dict[s
         "total_bytes": sum(f["size"] for f in files),
         "files": files,
     }
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    contract.write_manifest(root / "manifest.json", manifest)
     return manifest
 
 

@@ -8,7 +8,11 @@
 - storage full (the origin's real quota shrunk through the DevTools protocol): the free-space check and the
   service worker's failed Cache Storage write are both reported, and the page still works online;
 - an interrupted shard download (the server cuts the body once): the page says a download failed; on reload
-  the files verified the first time are not requested again, and the page becomes ready.
+  the files verified the first time are not requested again, and the page becomes ready;
+- settings out of range (from the address and typed): the field shows the problem and the valid range, nothing
+  is clamped, and a caption uses the value once it is valid;
+- switching the backend (wasm -> WebGPU on SwiftShader) without a reload: the caption after the switch equals
+  native onnxruntime with the variants the page then chose.
 
 References: native onnxruntime (the project's CLI/NativeBackend), the source pictures, and the test
 servers' own request logs.
@@ -21,15 +25,16 @@ import socket
 import struct
 import threading
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 
 from lfmvl_site.static_server import ISOLATION_HEADERS, Handler
 
-from .conftest import EXACT_PRESET, build_site_cli, camera_frame, launch
+from .conftest import EXACT_PRESET, WEBGPU_ARGS, build_site_cli, camera_frame, launch
 from .test_page import TOKENS, _native_cli, _native_runtime, _page_frame
 
 pytestmark = pytest.mark.browser
@@ -64,7 +69,7 @@ class SiteServer:
             def log_message(self, fmt: str, *args: object) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 path = urllib.parse.urlsplit(self.path).path
                 with lock:
                     if self.command == "GET":
@@ -307,3 +312,91 @@ def test_interrupted_download_resumes_by_shard(playwright_instance: Any, site_se
     # Resumed by shard: of the model files, only the interrupted one reaches the server again.
     assert [p for p in second if p.startswith("/model/onnx/")] == [cut], second
     assert "A download failed" not in shown
+
+
+def _problem(page: Any, field: str) -> dict[str, Any]:
+    return page.evaluate("""(id) => { const f = document.getElementById(id);
+      const p = document.getElementById(id + '-problem');
+      return {value: f.value, invalid: f.getAttribute('aria-invalid'), valid: f.checkValidity(),
+              shown: !!p && !p.hidden, text: p ? p.textContent : ''}; }""", field)
+
+
+def test_settings_out_of_range_are_shown_at_their_field(playwright_instance: Any, site_url: str,
+                                                        tmp_path: Path) -> None:
+    """?tokens=9999 and a typed 0: the Max tokens field keeps what was given and says what is wrong and what the
+    range is (nothing clamped); a prompt past its limit likewise. Once the field holds 3, a caption has at
+    most 3 tokens."""
+    from PIL import Image
+
+    png = tmp_path / "still.png"
+    Image.fromarray(camera_frame(120, 160), "RGB").save(png)
+    browser = launch(playwright_instance)
+    try:
+        page = browser.new_page()
+        page.goto(f"{site_url}?device=wasm&tokens=9999&size=999")
+        page.wait_for_function(READY, timeout=LOAD_S * 1000)
+        from_url = _problem(page, "maxTokens")
+        size = _problem(page, "size")
+        page.fill("#maxTokens", "0")
+        page.dispatch_event("#maxTokens", "change")
+        zero = _problem(page, "maxTokens")
+        page.fill("#prompt", "x" * 2001)
+        page.wait_for_timeout(600)  # the prompt is sent 400 ms after the last keystroke
+        long_prompt = _problem(page, "prompt")
+        page.fill("#prompt", "What is the person doing?")
+        page.fill("#maxTokens", "3")
+        page.dispatch_event("#maxTokens", "change")
+        page.wait_for_timeout(600)
+        fixed = _problem(page, "maxTokens"), _problem(page, "prompt")
+        page.set_input_files("#file", str(png))
+        page.wait_for_function(CAPTIONED, timeout=120_000)
+        caption = page.evaluate("() => window.lfmvl.state.captions[0]")
+    finally:
+        browser.close()
+
+    assert from_url["value"] == "9999" and from_url["shown"] and from_url["invalid"] == "true" and not from_url["valid"]
+    assert "9999 is out of range" in from_url["text"] and "1 to 512" in from_url["text"], from_url
+    assert size["shown"] and '"999" is not one of' in size["text"] and size["value"] == "512", size
+    assert zero["value"] == "0" and zero["shown"] and "0 is out of range" in zero["text"], zero
+    assert long_prompt["shown"] and "2001 characters is too long" in long_prompt["text"], long_prompt
+    assert all(not f["shown"] and f["invalid"] == "false" and f["valid"] for f in fixed), fixed
+    assert caption["prompt"] == "What is the person doing?"
+    assert 0 < len(caption["token_ids"]) <= 3 and (len(caption["token_ids"]) == 3 or caption["stop_reason"] == "eos")
+
+
+def test_backend_switch_without_reload_captions_like_native(playwright_instance: Any, site_url: str,
+                                                            built_site: Path, camera_y4m: Path,
+                                                            tmp_path: Path) -> None:
+    """Loaded on wasm, switched to WebGPU (SwiftShader) from the Backend control: the page is not reloaded, the
+    worker re-creates its sessions, and the next caption equals native onnxruntime with the new variants."""
+    browser = launch(playwright_instance, *WEBGPU_ARGS, fake_camera=camera_y4m)
+    try:
+        page = browser.new_page()
+        page.goto(f"{site_url}?device=wasm&tokens={TOKENS}")
+        page.wait_for_function(READY, timeout=LOAD_S * 1000)
+        page.evaluate("() => { window.__sameDocument = true; }")
+        before = page.evaluate("() => window.lfmvl.state.info")
+        page.select_option("#device", "webgpu")
+        page.wait_for_function("() => window.lfmvl.state.info.device === 'webgpu' && window.lfmvl.state.ready",
+                               timeout=LOAD_S * 1000)
+        after = page.evaluate("() => window.lfmvl.state.info")
+        page.click("#toggle")
+        page.wait_for_function(CAPTIONED, timeout=LOAD_S * 1000)
+        page.click("#toggle")
+        page.wait_for_function("() => !window.lfmvl.state.running && !window.lfmvl.state.inFlight", timeout=120_000)
+        state = page.evaluate("""async () => ({same: window.__sameDocument === true, search: location.search,
+          captions: window.lfmvl.state.captions, status: document.getElementById('status').textContent,
+          badge: document.getElementById('backend').textContent})""")
+        rgba, _ = _page_frame(page, tmp_path)
+        last = page.evaluate("async () => (await window.lfmvl.lastFrame()).id")
+    finally:
+        browser.close()
+
+    assert before["device"] == "wasm" and after["device"] == "webgpu"
+    assert state["same"] is True and "device=webgpu" in state["search"]  # no reload; a reload keeps the choice
+    assert state["status"].startswith("Switched to WebGPU") and state["badge"].startswith("WebGPU"), state
+    assert all(c["device"] == "webgpu" for c in after["choices"])
+    caption = next(c for c in state["captions"] if c["id"] == last)
+    precision = {c["role"]: c["precision"] for c in after["choices"]}
+    native = _native_runtime(rgba, built_site / "model", precision)
+    assert len(native.token_ids) > 0 and caption["token_ids"] == native.token_ids

@@ -75,7 +75,7 @@ class Sampler:
     def pick(self, logits: np.ndarray, seen: np.ndarray) -> int:
         """The next id from one logits row (``seen``: the ids so far, for the repetition penalty)."""
         s = self.settings
-        row = np.asarray(logits, dtype=np.float32).reshape(-1)
+        row: np.ndarray = np.asarray(logits, dtype=np.float32).reshape(-1)
         if self.entries is not None and self.entries < row.size:
             row = row[: self.entries]  # ids without a tokenizer entry are out of the draw
             seen = np.asarray(seen)

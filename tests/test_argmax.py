@@ -300,3 +300,20 @@ def test_built_model_greedy_uses_the_masked_next_token(tiny_model_dir: Path, pad
     assert max(ids) < 1024
     built(tiny_model_dir, tmp_path / "reference")  # same build of the model without the extra rows
     assert ids == _caption(tmp_path / "reference", settings)
+
+
+def test_speculative_stream_never_emits_an_id_without_an_entry(tiny_model_dir: Path, padded_model_dir: Path) -> None:
+    """Greedy drafts verified against every position's logits pick over the allowed ids too (same frame twice)."""
+    from lfmvl_site.runtime.generate import Captioner
+    from lfmvl_site.runtime.native import NativeBackend
+    from lfmvl_site.runtime.speculative import CaptionStream
+
+    frame = np.random.default_rng(5).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    settings = SamplingSettings(max_new_tokens=12)
+    reference = _caption(tiny_model_dir, settings)
+    captioner = asyncio.run(Captioner.load(NativeBackend(padded_model_dir)))
+    stream = CaptionStream()
+    for _ in range(2):
+        result = asyncio.run(captioner.caption(frame, "Describe.", settings=settings, stream=stream))
+        assert result.speculative
+        assert list(result.token_ids) == reference

@@ -449,6 +449,7 @@ class Captioner:
         max_new = settings.max_new_tokens
         previous = state.previous.get(prompt, [])
         eos_ids = set(self.text_config.eos_token_ids)
+        entries = self.tokenizer.vocab_size
         keep = list(self._cache_map.values())
         caches: dict[str, Any] = {name: _empty_cache(info) for name, info in self._cache_info.items()}
         stats = DraftStats()
@@ -503,7 +504,7 @@ class Captioner:
                     if rows.shape[0] != 1:
                         raise ContractError(f"decoder: logits has {rows.shape[0]} rows for {m + k} input positions.")
                     rows = np.concatenate([np.zeros((m - 1, rows.shape[1]), rows.dtype), rows])
-                picks = [int(v) for v in np.argmax(rows[m - 1 : m + k], axis=-1)]
+                picks = [int(v) for v in np.argmax(rows[m - 1 : m + k, :entries], axis=-1)]  # ids with a token
                 n = 0
                 while n < k and draft[n] == picks[n]:
                     n += 1

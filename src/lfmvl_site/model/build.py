@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BuildError, ModelFileError
-from . import contract, optimize, quantize
+from . import attention, contract, optimize, quantize
 from .options import ModelBuildOptions
 from .resolve import CONFIG_FILES, REQUIRED_CONFIG_FILES, Source, graph_relpath, load_graph, open_source
 from .shard import save_sharded
@@ -127,7 +127,7 @@ def _tokenizer_entries(source: Source, text_cfg: dict[str, Any]) -> int | None:
 
 def _convert(v: _Variant, options: ModelBuildOptions, *, converting: bool, progress: bool,
              entries: int | None = None) -> None:
-    """Decoder graph optimizations, then the precision conversion (if the source lacked the variant)."""
+    """Graph optimizations, then the precision conversion (if the source lacked the variant)."""
     if v.role == "decoder" and options.last_logits:
         optimize.last_logits(v.model)
         v.optimizations.append("last_logits")
@@ -144,6 +144,9 @@ def _convert(v: _Variant, options: ModelBuildOptions, *, converting: bool, progr
     if v.role == "decoder" and options.argmax:
         optimize.add_argmax(v.model, entries)  # ids without a tokenizer entry are never chosen
         v.optimizations.append("argmax")
+    # After the conversion, so the softmax stays float32 in an fp16 graph (model/attention.py).
+    if v.role == "embed_images" and options.plain_attention and attention.decompose_attention(v.model):
+        v.optimizations.append("plain_attention")
 
 
 def _write(dest: Path, options: ModelBuildOptions, source: Source, variants: list[_Variant],
@@ -177,7 +180,7 @@ def _write(dest: Path, options: ModelBuildOptions, source: Source, variants: lis
             "preset": options.preset,
             "optimizations": {
                 name: any(name in v.optimizations for v in variants)
-                for name in ("last_logits", "q4_lm_head", "argmax")
+                for name in ("last_logits", "q4_lm_head", "argmax", "plain_attention")
             },
             "max_shard_mb": options.max_shard_mb,
             "graphs": graphs,

@@ -52,6 +52,8 @@ class ModelBuildOptions:
     last_logits: bool = True
     q4_lm_head: bool = True
     argmax: bool = True
+    # The vision graph's MultiHeadAttention as standard ops (model/attention.py): off, since real GPUs are right.
+    plain_attention: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -92,7 +94,7 @@ def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
 
 _OPTION_NAMES = (
     "repo_id", "revision", "model_dir", "synthetic", "seed", "synthetic_size", "vision", "decoder",
-    "embed_tokens", "max_shard_mb", "last_logits", "q4_lm_head", "argmax",
+    "embed_tokens", "max_shard_mb", "last_logits", "q4_lm_head", "argmax", "plain_attention",
 )
 
 
@@ -141,6 +143,9 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Quantize the decoder's tied lm_head to q4 (embed_tokens stays as chosen)."),
         click.option("--argmax/--no-argmax", default=True, show_default=True,
                      help="Add an in-graph greedy `next_token` output to the decoder."),
+        click.option("--plain-attention/--fused-attention", default=False, show_default=True,
+                     help="Spell the vision encoder's MultiHeadAttention with MatMul/Softmax: right on software "
+                          "WebGPU adapters (SwiftShader), where onnxruntime-web's fused kernel is wrong; slower on GPUs."),
     ]
     for deco in reversed(decorators):
         wrapper = deco(wrapper)

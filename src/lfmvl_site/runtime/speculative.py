@@ -9,8 +9,8 @@ decoder runs changes. The loop that verifies lives in :mod:`lfmvl_site.runtime.g
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -46,18 +46,18 @@ def propose(generated: Sequence[int], previous: Sequence[int], k: int, ngram: in
         return []
     if not generated:
         return list(previous[:k])
-    prev = np.asarray(previous, dtype=np.int64)
+    prev = list(previous)  # captions are tens of tokens: plain Python beats numpy's setup cost here
     here = len(generated) - 1
     for n in range(min(ngram, len(generated)), 0, -1):
-        tail = np.asarray(generated[-n:], dtype=np.int64)
-        if len(prev) < n:
-            continue
-        windows = np.lib.stride_tricks.sliding_window_view(prev, n)
-        ends = np.flatnonzero((windows == tail).all(axis=1)) + n - 1  # index of the match's last token
-        ends = ends[ends + 1 < len(prev)]  # something must follow it
-        if ends.size:
-            end = int(ends[np.argmin(np.abs(ends - here))])
-            return [int(v) for v in prev[end + 1 : end + 1 + k]]
+        tail = list(generated[-n:])
+        best = -1
+        for end in range(n - 1, len(prev) - 1):  # index of the match's last token; something must follow it
+            if prev[end] == tail[-1] and prev[end - n + 1 : end + 1] == tail and (
+                best < 0 or abs(end - here) < abs(best - here)
+            ):
+                best = end
+        if best >= 0:
+            return prev[best + 1 : best + 1 + k]
     return []
 
 

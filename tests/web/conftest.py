@@ -98,9 +98,14 @@ def site_url(built_site: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def default_site_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def default_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default preset (fp16 preferred, q4 decoder), as users get it."""
-    with serving(build_site_cli(tmp_path_factory.mktemp("site-default") / "dist")) as url:
+    return build_site_cli(tmp_path_factory.mktemp("site-default") / "dist")
+
+
+@pytest.fixture(scope="session")
+def default_site_url(default_site: Path) -> Iterator[str]:
+    with serving(default_site) as url:
         yield url
 
 

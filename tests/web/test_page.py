@@ -23,18 +23,12 @@ import numpy as np
 import pytest
 
 from .conftest import ARTIFACTS, WEBGPU_ARGS, launch
+from .placement import assert_compute_on_gpu
 
 pytestmark = pytest.mark.browser
 
 PROMPT = "Describe this image."
 TOKENS = 8
-# Ops the WebGPU EP may leave on the CPU: int64 shape/index arithmetic (the EP has no int64 kernels) and
-# Compress (no WebGPU kernel; it only selects rows). Anything else on the CPU is a compute op that must not be.
-CPU_ALLOWED = {
-    "Add", "Sub", "Mul", "Div", "Mod", "Cast", "Clip", "Concat", "Equal", "Gather", "Greater", "Less",
-    "LessOrEqual", "Range", "ReduceSum", "ReduceMax", "Reshape", "Shape", "Slice", "Squeeze", "Unsqueeze",
-    "Transpose", "Expand", "ConstantOfShape", "Where", "Compress",
-}
 
 
 def _open(browser: Any, url: str, console: list[str] | None = None) -> Any:
@@ -116,7 +110,7 @@ def test_wasm_caption_matches_native(playwright_instance: Any, site_url: str, bu
     assert caption["text"] == native["text"]
 
 
-def _webgpu_run(playwright: Any, url: str, camera: Path, tmp_path: Path, shot: str) -> dict[str, Any]:
+def _webgpu_run(playwright: Any, url: str, site: Path, camera: Path, tmp_path: Path, shot: str) -> dict[str, Any]:
     console: list[str] = []
     browser = launch(playwright, *WEBGPU_ARGS, fake_camera=camera)
     try:
@@ -139,22 +133,13 @@ def _webgpu_run(playwright: Any, url: str, camera: Path, tmp_path: Path, shot: s
     # The decoder caches stayed on the GPU between steps, and every one was freed after the caption.
     assert set(caption["kept"]) == {"gpu-buffer"} and caption["kept"]["gpu-buffer"] > 0
     assert caption["kept_live"] == 0
-    _assert_gpu_placement(console)
+    assert_compute_on_gpu(console, site / "model" / "onnx")
     return {"caption": caption, "choices": choices, "rgba": rgba}
-
-
-def _assert_gpu_placement(console: list[str]) -> None:
-    """Every session put its nodes on WebGPU; whatever fell back to the CPU is int64 plumbing or Compress."""
-    placement = [line for line in console if "VerifyEachNodeIsAssignedToAnEp" in line]
-    assert sum("placed on [WebGpuExecutionProvider]" in line for line in placement) >= 3, placement
-    assert not any("All nodes placed on [CPUExecutionProvider]" in line for line in placement)
-    fallen = {m.group(1) for line in console if (m := re.search(r"kernel not found in registries for Op type: (\w+)", line))}
-    assert fallen <= CPU_ALLOWED, f"compute ops on the CPU: {sorted(fallen - CPU_ALLOWED)}"
 
 
 def test_webgpu_caption_matches_native_and_stays_on_gpu(playwright_instance: Any, site_url: str, built_site: Path,
                                                          camera_y4m: Path, tmp_path: Path) -> None:
-    run = _webgpu_run(playwright_instance, site_url, camera_y4m, tmp_path, "page-webgpu.png")
+    run = _webgpu_run(playwright_instance, site_url, built_site, camera_y4m, tmp_path, "page-webgpu.png")
     precision = {r: c["precision"] for r, c in run["choices"].items()}
     native = _native_runtime(run["rgba"], built_site / "model", precision)
     assert len(native.token_ids) > 0
@@ -162,9 +147,9 @@ def test_webgpu_caption_matches_native_and_stays_on_gpu(playwright_instance: Any
 
 
 def test_webgpu_default_preset_picks_q4_and_stays_on_gpu(playwright_instance: Any, default_site_url: str,
-                                                         camera_y4m: Path, tmp_path: Path) -> None:
+                                                         default_site: Path, camera_y4m: Path, tmp_path: Path) -> None:
     """The shipped preset (fp16 vision + q4 decoder): without shader-f16 the page takes q4 vision on WebGPU."""
-    run = _webgpu_run(playwright_instance, default_site_url, camera_y4m, tmp_path, "page-webgpu-default.png")
+    run = _webgpu_run(playwright_instance, default_site_url, default_site, camera_y4m, tmp_path, "page-webgpu-default.png")
     assert run["choices"]["embed_images"]["precision"] == "q4"
     assert run["choices"]["decoder"]["precision"] == "q4"
     assert len(run["caption"]["token_ids"]) == TOKENS or run["caption"]["stop_reason"] == "eos"

@@ -29,15 +29,21 @@ __all__ = ["write_model", "make_weights", "model_config", "SynthWeights", "PRESE
 log = logging.getLogger(__name__)
 
 
-def write_model(out_dir: Path, *, seed: int = 0, size: str = "tiny", layout: str | None = None) -> Path:
+def write_model(out_dir: Path, *, seed: int = 0, size: str = "tiny", layout: str | None = None,
+                vocab_size: int | None = None) -> Path:
     """Write a synthetic model directory at ``out_dir`` and return its path.
 
     ``layout`` is ``"1.6b"`` or ``"450m"`` (default: the layout of the model whose dimensions ``size`` has; the
     tiny/mid sizes use the 1.6B one). The directory is built next to ``out_dir`` and renamed into place, so a failed
-    build leaves nothing behind. ``out_dir`` must not exist or be empty.
+    build leaves nothing behind. ``out_dir`` must not exist or be empty. ``vocab_size`` overrides the size's
+    embedding / lm_head rows (e.g. the real 65,536 at tiny dimensions, for a site carrying the real tokenizer).
     """
     out_dir = Path(out_dir)
     config = model_config(size)  # validates `size`
+    if vocab_size is not None:
+        if vocab_size < TOKENIZER_VOCAB_SIZE:
+            raise InputError(f"vocab_size {vocab_size} is below the synthetic tokenizer's {TOKENIZER_VOCAB_SIZE} entries.")
+        config["text_config"]["vocab_size"] = vocab_size
     layout = DEFAULT_LAYOUT_OF_SIZE[size] if layout is None else layout
     if layout not in LAYOUTS:
         raise InputError(f"Unknown file layout {layout!r}; use one of: {', '.join(LAYOUTS)}.")

@@ -321,3 +321,12 @@ def test_idle_keep_alive_connections_are_closed(site: Path) -> None:
         server.shutdown()
         server.server_close()
     assert static_server.IDLE_TIMEOUT > 0.5  # (the default, for real clients, is longer)
+
+
+def test_unresolvable_host_is_one_clear_line(site: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "lfmvl_site.cli", "serve", str(site), "--host", "no.such.host.invalid",
+                          "--port", "0"], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr + out.stdout
+    lines = [line for line in (out.stderr + out.stdout).splitlines() if line.strip()]
+    assert len(lines) == 1 and "--host 'no.such.host.invalid'" in lines[0], lines

@@ -8,6 +8,7 @@ Previews send ``no-cache`` everywhere, so a rebuilt dist/ is picked up on reload
 from __future__ import annotations
 
 import errno
+import socket
 import sys
 import threading
 import webbrowser
@@ -33,9 +34,10 @@ def make_server(directory: Path, host: str = "127.0.0.1", port: int = 8000) -> T
         if exc.errno == errno.EADDRINUSE:
             raise InputError(f"Port {port} on {host} is already in use; pick another with --port N "
                              "(or stop the other server).") from None
-        if exc.errno in (errno.EADDRNOTAVAIL, errno.EACCES):
-            raise InputError(f"Cannot listen on {host}:{port} ({exc.strerror}); check --host/--port.") from None
-        raise
+        if isinstance(exc, socket.gaierror):
+            raise InputError(f"--host {host!r} is not an address or a name this machine can resolve ({exc.strerror}); "
+                             "use e.g. 127.0.0.1 or 0.0.0.0.") from None
+        raise InputError(f"Cannot listen on {host}:{port} ({exc.strerror or exc}); check --host/--port.") from None
 
 
 @contextmanager

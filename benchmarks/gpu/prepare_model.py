@@ -41,6 +41,26 @@ def entry(model: onnx.ModelProto, root: Path, rel: str, precision: str) -> dict:
             "inputs": contract.io_to_json(inputs), "outputs": contract.io_to_json(outputs)}
 
 
+
+def _files(root: Path, decoder_stem: str | None = None) -> list[dict]:
+    """{path, size, sha256} of the shared files (no decoder), or of one decoder variant's files."""
+    import hashlib
+
+    out = []
+    for f in sorted(root.rglob("*")):
+        rel = f.relative_to(root).as_posix()
+        is_decoder = f.name.startswith("decoder_q4_")
+        if not f.is_file() or rel.startswith("manifest") or (decoder_stem is None) == is_decoder:
+            continue
+        if decoder_stem is not None and not f.name.startswith(decoder_stem + "."):
+            continue
+        h = hashlib.sha256()
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        out.append({"path": rel, "size": f.stat().st_size, "sha256": h.hexdigest()})
+    return out
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out", type=Path)
@@ -83,6 +103,7 @@ def main() -> None:
     del dec
     manifests = []
     t = time.perf_counter()
+    files = _files(root)  # the page runtime validates a model manifest's file list (runtime/contract.py)
     for name, m in variants.items():
         log["weight_bytes"][f"decoder[{name}]"] = decode_weight_bytes(m)
         log.setdefault("nodes", {})[name] = len(m.graph.node)
@@ -90,7 +111,7 @@ def main() -> None:
         manifest = {"format": 1, "source": {"synthetic": True, "size": a.size},
                     "preset": {"embed_tokens": "fp32", "embed_images": "q4", "decoder": "q4"},
                     "optimizations": {k: k in VARIANTS[name] for k in ("last_logits", "q4_lm_head", "argmax")},
-                    "graphs": {**graphs, "decoder": [e]}}
+                    "graphs": {**graphs, "decoder": [e]}, "files": files + _files(root, "decoder_q4_" + slug(name))}
         path = root / f"manifest-{slug(name)}.json"
         path.write_text(json.dumps(manifest, indent=1))
         manifests.append({"name": name, "file": path.name})

@@ -43,6 +43,8 @@ async def load(ort, model_url, device, features, fetch_bytes, fetch_text):
     RT = PageRuntime()
     info = await RT.load(ort, model_url, device, features, fetch_bytes, fetch_text)
     cap = RT.captioner
+    if cap is None:  # the runtime reports load failures as {"error": ...}, not by raising
+        raise RuntimeError(f"the model did not load: {info}")
     cap.text_config = dataclasses.replace(cap.text_config, eos_token_ids=())
     return info
 

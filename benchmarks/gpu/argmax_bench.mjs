@@ -18,6 +18,7 @@
 import { readFileSync, statSync, writeFileSync } from "node:fs";
 import { pathToFileURL } from "node:url";
 import path from "node:path";
+import { installDawn } from "./dawn.mjs";
 
 const arg = (name, dflt) => { const i = process.argv.indexOf(`--${name}`); return i > 0 ? process.argv[i + 1] : dflt; };
 const cfg = { webgpu: arg("webgpu"), ort: arg("ort"), graphs: arg("graphs"), out: arg("out"),
@@ -27,29 +28,8 @@ const log = (o) => process.stderr.write(JSON.stringify(o) + "\n");
 const median = (xs) => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2; };
 const r3 = (x) => +x.toFixed(3);
 
-// Dawn as navigator.gpu, with benchmarks/gpu/dawn.mjs's two shims, and timestamp quantization off (profile-2026-12.md).
-const { create, globals } = await import(pathToFileURL(path.join(cfg.webgpu, "index.js")).href);
-Object.assign(globalThis, globals);
-{
-  const proto = globalThis.GPUQueue.prototype, write = proto.writeBuffer;
-  proto.writeBuffer = function (buffer, offset, data, dataOffset = 0, size) {
-    if (ArrayBuffer.isView(data) && data.buffer instanceof SharedArrayBuffer) {
-      const el = data.BYTES_PER_ELEMENT || 1;
-      const count = size === undefined ? data.length - dataOffset : size;
-      const copy = new Uint8Array(count * el);
-      copy.set(new Uint8Array(data.buffer, data.byteOffset + dataOffset * el, count * el));
-      return write.call(this, buffer, offset, copy, 0, copy.length);
-    }
-    return write.call(this, buffer, offset, data, dataOffset, size);
-  };
-  const dev = globalThis.GPUDevice.prototype, make = dev.createBindGroup;
-  dev.createBindGroup = function (desc) {
-    const entries = (desc.entries || []).map((e) => (e.resource instanceof globalThis.GPUBuffer ? { ...e, resource: { buffer: e.resource } } : e));
-    return make.call(this, { ...desc, entries });
-  };
-}
-const gpu = create(["disable-dawn-features=timestamp_quantization"]);
-Object.defineProperty(globalThis, "navigator", { value: { gpu, userAgent: "node", hardwareConcurrency: 16 }, configurable: true, writable: true });
+// Dawn as navigator.gpu (dawn.mjs's shims), with timestamp quantization off (profile-2026-12.md).
+const gpu = await installDawn(cfg.webgpu, ["disable-dawn-features=timestamp_quantization"]);
 const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
 const results = { started: new Date().toISOString(), runs: cfg.runs, adapter: { description: adapter.info?.description,
   vendor: adapter.info?.vendor, architecture: adapter.info?.architecture }, graphs: {} };

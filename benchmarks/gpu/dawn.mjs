@@ -6,7 +6,8 @@
 import { pathToFileURL } from "node:url";
 import path from "node:path";
 
-export async function installDawn(webgpuDir) {
+// `flags`: Dawn toggles for create(), e.g. "disable-dawn-features=timestamp_quantization" for kernel profiles.
+export async function installDawn(webgpuDir, flags = []) {
   const { create, globals } = await import(pathToFileURL(path.join(webgpuDir, "index.js")).href);
   Object.assign(globalThis, globals);
   {
@@ -30,7 +31,7 @@ export async function installDawn(webgpuDir) {
       return make.call(this, { ...desc, entries });
     };
   }
-  const gpu = create([]);
+  const gpu = create(flags);
   Object.defineProperty(globalThis, "navigator", { value: { gpu, userAgent: "node", hardwareConcurrency: 16 }, configurable: true, writable: true });
   return gpu;
 }

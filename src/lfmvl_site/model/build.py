@@ -84,7 +84,8 @@ def _text_config(source: Source) -> dict[str, Any]:
 def _make_variants(source: Source, options: ModelBuildOptions, text_cfg: dict[str, Any],
                    progress: bool) -> list[_Variant]:
     check_kw = {"hidden_size": text_cfg.get("hidden_size"), "layer_types": text_cfg.get("layer_types")}
-    entries = _tokenizer_entries(source, text_cfg) if options.argmax else None
+    entries: int | None = None
+    entries_read = not options.argmax  # read once a graph is found, so a wrong layout is reported as that
     fp32_cache: dict[str, "onnx.ModelProto"] = {}
     out: list[_Variant] = []
     for role, precisions in variant_plan(options).items():
@@ -106,6 +107,8 @@ def _make_variants(source: Source, options: ModelBuildOptions, text_cfg: dict[st
                 contract.check_model(role, model, file=rel, **check_kw)
             log.info("%s: %s from %s", rel, "making" if made_from != rel else "optimizing", made_from)
             v = _Variant(role, precision, model, made_from=made_from)
+            if not entries_read:
+                entries, entries_read = _tokenizer_entries(source, text_cfg), True
             _convert(v, options, converting=made_from != rel, progress=progress, entries=entries)
             contract.check_model(role, v.model, file=f"{rel} (built)", **check_kw)
             out.append(v)

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import pyodide_mirror, real_tokenizer_json, shared_fixture
+from support import real_tokenizer_json, shared_fixture
 
 from lfmvl_site.serve import serving
 
-from .conftest import ARTIFACTS, WEBGPU_ARGS, launch
+from .conftest import ARTIFACTS, EXACT_PRESET, WEBGPU_ARGS, build_cli, launch
 from .placement import assert_compute_on_gpu
 from .test_page import (
     TOKENS,
@@ -27,24 +27,22 @@ from .test_page import (
 pytestmark = pytest.mark.browser
 
 
-def _build(out: Path, *args: str) -> Path:
-    from click.testing import CliRunner
-
-    from lfmvl_site.cli import main
-
-    argv = ["build", "--out", str(out), *args]
-    mirror = pyodide_mirror()
-    if mirror is not None:
-        argv += ["--pyodide-dir", str(mirror)]
-    result = CliRunner().invoke(main, argv, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return out
+def _caption_on_wasm(playwright_instance: Any, url: str, camera_y4m: Path, tmp_path: Path) -> tuple[dict[str, Any], Path]:
+    """Autostart the page at ``url`` on wasm: its first caption and the frame it captioned (PNG)."""
+    browser = launch(playwright_instance, fake_camera=camera_y4m)
+    try:
+        page = _open(browser, f"{url}?device=wasm&autostart=1&tokens={TOKENS}")
+        caption = _wait_caption(page, 180)
+        _, png = _page_frame(page, tmp_path)
+    finally:
+        browser.close()
+    return caption, png
 
 
 @pytest.fixture(scope="module")
 def exporter_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _build(tmp_path_factory.mktemp("exporter") / "dist", "--model-dir", str(shared_fixture("liquidonnx-tiny", "export")),
-                  "--vision", "fp32", "--decoder", "fp32", "--embed-tokens", "fp16", "--no-q4-lm-head")
+    return build_cli(tmp_path_factory.mktemp("exporter") / "dist",
+                     "--model-dir", str(shared_fixture("liquidonnx-tiny", "export")), *EXACT_PRESET)
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +53,7 @@ def exporter_url(exporter_site: Path) -> Iterator[str]:
 
 def test_exporter_site_captions_on_wasm_like_native(playwright_instance: Any, exporter_url: str, exporter_site: Path,
                                                     camera_y4m: Path, tmp_path: Path) -> None:
-    browser = launch(playwright_instance, fake_camera=camera_y4m)
-    try:
-        page = _open(browser, f"{exporter_url}?device=wasm&autostart=1&tokens={TOKENS}")
-        caption = _wait_caption(page, 180)
-        _, png = _page_frame(page, tmp_path)
-    finally:
-        browser.close()
+    caption, png = _caption_on_wasm(playwright_instance, exporter_url, camera_y4m, tmp_path)
     native = _native_cli(png, exporter_site / "model")
     assert len(caption["token_ids"]) > 0
     assert caption["token_ids"] == native["token_ids"]
@@ -111,8 +103,7 @@ def real_tokenizer_site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
     real_tokenizer_json(root)
     (model / "tokenizer.json").write_bytes((root / "tokenizer.json").read_bytes())
     (model / "processor_config.json").write_bytes(shared_fixture("lfm2.5-vl-1.6b", "processor_config.json").read_bytes())
-    site = _build(root / "dist", "--model-dir", str(model), "--vision", "fp32", "--decoder", "fp32",
-                  "--embed-tokens", "fp16", "--no-q4-lm-head")
+    site = build_cli(root / "dist", "--model-dir", str(model), *EXACT_PRESET)
     return model, site
 
 
@@ -122,13 +113,7 @@ def test_site_with_the_published_tokenizer_captions_on_wasm(playwright_instance:
 
     model, site = real_tokenizer_site
     with serving(site) as url:
-        browser = launch(playwright_instance, fake_camera=camera_y4m)
-        try:
-            page = _open(browser, f"{url}?device=wasm&autostart=1&tokens={TOKENS}")
-            caption = _wait_caption(page, 180)
-            _, png = _page_frame(page, tmp_path)
-        finally:
-            browser.close()
+        caption, png = _caption_on_wasm(playwright_instance, url, camera_y4m, tmp_path)
     native = _native_cli(png, site / "model")
     assert len(caption["token_ids"]) > 0
     assert caption["token_ids"] == native["token_ids"]

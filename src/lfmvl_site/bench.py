@@ -17,8 +17,6 @@ The page side lives in ``benchmarks/page/`` (copied into each built dist as ``be
 
 from __future__ import annotations
 
-from .config import chromium_path
-
 import copy
 import json
 import os
@@ -29,11 +27,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .config import chromium_path
 from .errors import InputError
 from .serve import serving
 
@@ -79,8 +79,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 # ------------------------------------------------------------------------------------ decoder variants
 
-def decoder_variants(fp32_decoder: "onnx.ModelProto", names: list[str] | None = None,
-                     progress: bool = False) -> dict[str, "onnx.ModelProto"]:
+def decoder_variants(fp32_decoder: onnx.ModelProto, names: list[str] | None = None,
+                     progress: bool = False) -> dict[str, onnx.ModelProto]:
     """q4 decoders with each combination of VARIANTS, made with the model build's own functions.
 
     The linear layers are quantized once (symmetric q4, block 32, lm_head kept fp32, as published); each
@@ -281,7 +281,7 @@ def bench_graphopt(synth_dir: Path, steps: int, reps: int) -> dict[str, Any]:
         return prefill, read_bytes, step_ms
 
     results: dict[str, dict[str, list[float]]] = {n: {"prefill": [], "step": []} for n in sessions}
-    for name, sess in sessions.items():  # warm-up
+    for sess in sessions.values():  # warm-up
         run_one(sess)
     names = list(sessions)
     for rep in range(reps):
@@ -296,7 +296,7 @@ def bench_graphopt(synth_dir: Path, steps: int, reps: int) -> dict[str, Any]:
     for name in sessions:
         out["variants"][name] = {**info[name], "prefill_ms": _median(results[name]["prefill"]),
                                  "decode_ms_per_token": _median(results[name]["step"])}
-    for name, v in out["variants"].items():
+    for v in out["variants"].values():
         v["prefill_vs_none"] = _ratio(v["prefill_ms"], out["variants"][base]["prefill_ms"])
         v["decode_vs_none"] = _ratio(v["decode_ms_per_token"], out["variants"][base]["decode_ms_per_token"])
     return out
@@ -350,8 +350,8 @@ def machine() -> dict[str, Any]:
         version = None
     cpu = ""
     try:
-        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                   if l.startswith("model name"))
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     import onnxruntime

@@ -34,8 +34,8 @@ def load_image(path: Path) -> np.ndarray:
     if path.stat().st_size == 0:
         raise InputError(f"Image {path} is an empty file; pass a PNG, JPEG, WebP or other image file.")
     try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
+        with Image.open(path) as opened:
+            img = ImageOps.exif_transpose(opened)
             has_alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
             return np.asarray(img.convert("RGBA" if has_alpha else "RGB"))
     except UnidentifiedImageError:

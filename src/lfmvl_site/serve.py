@@ -12,10 +12,10 @@ import socket
 import sys
 import threading
 import webbrowser
+from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 
 from .errors import InputError
 from .static_server import ISOLATION_HEADERS, bind, content_type, parse_range

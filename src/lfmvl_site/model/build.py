@@ -48,7 +48,7 @@ _NEEDS = {"fp16": ["shader-f16"], "fp32": [], "q4": []}
 class _Variant:
     role: str
     precision: str
-    model: "onnx.ModelProto"
+    model: onnx.ModelProto
     optimizations: list[str] = field(default_factory=list)
     made_from: str = ""
 
@@ -86,7 +86,7 @@ def _make_variants(source: Source, options: ModelBuildOptions, text_cfg: dict[st
     check_kw = {"hidden_size": text_cfg.get("hidden_size"), "layer_types": text_cfg.get("layer_types")}
     entries: int | None = None
     entries_read = not options.argmax  # read once a graph is found, so a wrong layout is reported as that
-    fp32_cache: dict[str, "onnx.ModelProto"] = {}
+    fp32_cache: dict[str, onnx.ModelProto] = {}
     out: list[_Variant] = []
     for role, precisions in variant_plan(options).items():
         for precision in precisions:
@@ -177,7 +177,7 @@ def _write(dest: Path, options: ModelBuildOptions, source: Source, variants: lis
         for name, path in configs.items():
             if path is not None:
                 shutil.copyfile(path, staging / name)
-        manifest = {
+        manifest: dict[str, Any] = {
             "format": MANIFEST_FORMAT,
             "source": source.info,
             "preset": options.preset,
@@ -205,13 +205,11 @@ def _write(dest: Path, options: ModelBuildOptions, source: Source, variants: lis
 
 
 def _file_list(root: Path) -> list[dict[str, Any]]:
-    files = []
+    files: list[dict[str, Any]] = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        h = hashlib.sha256()
         with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        files.append({"path": path.relative_to(root).as_posix(), "size": path.stat().st_size, "sha256": h.hexdigest()})
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        files.append({"path": path.relative_to(root).as_posix(), "size": path.stat().st_size, "sha256": digest})
     files.sort(key=lambda e: e["path"])
     return files
 

@@ -10,8 +10,9 @@ its backend can reuse it; :func:`graph_io` reads them from an ONNX proto (onnx i
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ContractError
 from ..runtime.backend import Dim, TensorInfo
@@ -31,7 +32,7 @@ _ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: 
                 16: "bfloat16"}
 
 
-def graph_io(model: "onnx.ModelProto") -> tuple[list[TensorInfo], list[TensorInfo]]:
+def graph_io(model: onnx.ModelProto) -> tuple[list[TensorInfo], list[TensorInfo]]:
     """Inputs (minus initializers) and outputs of an ONNX model as TensorInfo lists."""
     inits = {t.name for t in model.graph.initializer}
 
@@ -81,7 +82,7 @@ def check_io(
         )
 
 
-def check_model(role: str, model: "onnx.ModelProto", *, file: str | Path, hidden_size: int | None = None,
+def check_model(role: str, model: onnx.ModelProto, *, file: str | Path, hidden_size: int | None = None,
                 layer_types: Sequence[str] | None = None) -> tuple[list[TensorInfo], list[TensorInfo]]:
     """:func:`check_io` on an ONNX proto; returns its (inputs, outputs)."""
     inputs, outputs = graph_io(model)

@@ -21,7 +21,7 @@ Q4_BYTES_PER_WEIGHT = 0.5 + 4 / 32  # 4-bit code + one fp32 scale per block of 3
 PROMPTS = {"640x480 webcam frame (256 image + ~30 text tokens)": 286, "2x2 tiles + thumbnail (~1,300 tokens)": 1300}
 
 
-def _nbytes(t: "onnx.TensorProto") -> int:
+def _nbytes(t: onnx.TensorProto) -> int:
     import numpy as np
     from onnx import helper
 
@@ -33,7 +33,7 @@ def _nbytes(t: "onnx.TensorProto") -> int:
     return n * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
 
 
-def decode_weight_bytes(model: "onnx.ModelProto") -> int:
+def decode_weight_bytes(model: onnx.ModelProto) -> int:
     """Weight bytes one decode step (one new token) reads from a graph.
 
     Every initializer counts in full, except lookup tables: a Gather's data and GroupQueryAttention's
@@ -80,7 +80,7 @@ def built_model_figures(root: Path) -> dict[str, Any]:
 
     manifest = json.loads((root / "manifest.json").read_text())
     out: dict[str, Any] = {}
-    for role, variants in manifest["graphs"].items():
+    for variants in manifest["graphs"].values():
         for v in variants:
             model = onnx.load(str(root / v["file"]), load_external_data=False)
             out[v["file"]] = decode_weight_bytes(model)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
 _INT64_MAX = np.iinfo(np.int64).max
 
 
-def _lm_head_or_fail(model: "onnx.ModelProto", what: str) -> "onnx.NodeProto":
+def _lm_head_or_fail(model: onnx.ModelProto, what: str) -> onnx.NodeProto:
     node = find_lm_head(model)
     if node is None:
         raise ContractError(
@@ -35,14 +35,14 @@ def _lm_head_or_fail(model: "onnx.ModelProto", what: str) -> "onnx.NodeProto":
     return node
 
 
-def _const(model: "onnx.ModelProto", name: str, value: np.ndarray) -> str:
+def _const(model: onnx.ModelProto, name: str, value: np.ndarray) -> str:
     from onnx import numpy_helper
 
     model.graph.initializer.append(numpy_helper.from_array(value, name))
     return name
 
 
-def _set_output_dims(model: "onnx.ModelProto", name: str, dims: list[int | str]) -> None:
+def _set_output_dims(model: onnx.ModelProto, name: str, dims: list[int | str]) -> None:
     for vi in model.graph.output:
         if vi.name == name:
             shape = vi.type.tensor_type.shape
@@ -57,14 +57,14 @@ def _set_output_dims(model: "onnx.ModelProto", name: str, dims: list[int | str])
     raise ContractError(f"decoder has no output {name!r}.")
 
 
-def _output_dims(model: "onnx.ModelProto", name: str) -> list[int | str]:
+def _output_dims(model: onnx.ModelProto, name: str) -> list[int | str]:
     for vi in model.graph.output:
         if vi.name == name:
             return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in vi.type.tensor_type.shape.dim]
     raise ContractError(f"decoder has no output {name!r}.")
 
 
-def last_logits(model: "onnx.ModelProto") -> "onnx.ModelProto":
+def last_logits(model: onnx.ModelProto) -> onnx.ModelProto:
     """Slice the lm_head's input to the last position (in place). Exact: the kept row is computed the same way."""
     from onnx import helper
 
@@ -87,7 +87,7 @@ def last_logits(model: "onnx.ModelProto") -> "onnx.ModelProto":
     return model
 
 
-def q4_lm_head(model: "onnx.ModelProto", *, progress: bool = False) -> "onnx.ModelProto":
+def q4_lm_head(model: onnx.ModelProto, *, progress: bool = False) -> onnx.ModelProto:
     """Quantize the (tied) lm_head MatMul to symmetric q4, block 32. Returns the new model.
 
     A lm_head fed by ``Transpose(table)`` gets a transposed copy of the table as its own weight first (the
@@ -117,7 +117,7 @@ def q4_lm_head(model: "onnx.ModelProto", *, progress: bool = False) -> "onnx.Mod
     return quantize_q4(model, only=[head.name], progress=progress, desc="q4 lm_head")
 
 
-def add_argmax(model: "onnx.ModelProto", entries: int | None = None) -> "onnx.ModelProto":
+def add_argmax(model: onnx.ModelProto, entries: int | None = None) -> onnx.ModelProto:
     """Add output ``next_token`` int64 [B]: the argmax of the last position's logits over ids ``< entries`` (in place).
 
     ``entries`` is the tokenizer's entry count (one more than its highest id); ids at or above it have no token and
@@ -181,7 +181,7 @@ def add_argmax(model: "onnx.ModelProto", entries: int | None = None) -> "onnx.Mo
     return model
 
 
-def _reduce(model: "onnx.ModelProto", op: str, x: str, out: str, *, keepdims: int) -> "onnx.NodeProto":
+def _reduce(model: onnx.ModelProto, op: str, x: str, out: str, *, keepdims: int) -> onnx.NodeProto:
     """``op`` over axes 1 and 2 of a [B, 1, W] tensor; axes as an input from opset 18, an attribute before."""
     from onnx import helper
 
@@ -192,11 +192,11 @@ def _reduce(model: "onnx.ModelProto", op: str, x: str, out: str, *, keepdims: in
     return helper.make_node(op, [x], [out], axes=[1, 2], keepdims=keepdims, name=name)
 
 
-def _opset(model: "onnx.ModelProto") -> int:
+def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
 
 
-def _drop_unused(model: "onnx.ModelProto") -> None:
+def _drop_unused(model: onnx.ModelProto) -> None:
     """Remove nodes whose outputs nobody reads and initializers nobody uses (repeat until stable)."""
     graph_outputs = {o.name for o in model.graph.output}
     while True:
@@ -213,7 +213,7 @@ def _drop_unused(model: "onnx.ModelProto") -> None:
         model.graph.initializer.extend(keep)
 
 
-def _subgraph_inputs(model: "onnx.ModelProto") -> set[str]:
+def _subgraph_inputs(model: onnx.ModelProto) -> set[str]:
     import onnx
 
     names: set[str] = set()

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -18,7 +19,7 @@ BLOCK_SIZE = 32
 ACCURACY_LEVEL = 4  # int8 activations inside the CPU kernel; WebGPU ignores it
 
 
-def find_lm_head(model: "onnx.ModelProto") -> "onnx.NodeProto | None":
+def find_lm_head(model: onnx.ModelProto) -> onnx.NodeProto | None:
     """The decoder's lm_head: the MatMul (or MatMulNBits) node whose output is the graph output ``logits``.
 
     Found by following ``logits`` back through Cast nodes only; any other export shape returns None.
@@ -33,13 +34,13 @@ def find_lm_head(model: "onnx.ModelProto") -> "onnx.NodeProto | None":
 
 
 def quantize_q4(
-    model: "onnx.ModelProto",
+    model: onnx.ModelProto,
     *,
     exclude: Iterable[str] = (),
     only: Iterable[str] | None = None,
     progress: bool = True,
     desc: str = "q4",
-) -> "onnx.ModelProto":
+) -> onnx.ModelProto:
     """Weight-only q4 of every MatMul with a constant 2-D weight (except ``exclude`` node names; or just ``only``).
 
     Returns the quantized model (the input is modified as well). Deterministic.
@@ -82,7 +83,7 @@ def quantize_q4(
     return quantizer.model.model
 
 
-def to_fp16(model: "onnx.ModelProto") -> "onnx.ModelProto":
+def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """fp16 weights and math, float32 graph inputs/outputs (Cast at the edges), as the published fp16 graphs."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 

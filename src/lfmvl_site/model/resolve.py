@@ -15,8 +15,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BuildError, ModelFileError
 from ..runtime.layout import (
@@ -261,7 +262,7 @@ def open_source(options: ModelBuildOptions, *, progress: bool = True) -> Iterato
         yield HubSource(options.repo_id, options.revision, progress=progress)
 
 
-def external_locations(model: "onnx.ModelProto") -> list[str]:
+def external_locations(model: onnx.ModelProto) -> list[str]:
     """External data file names a graph refers to, in first-use order."""
     from .shard import iter_tensors
 
@@ -273,7 +274,7 @@ def external_locations(model: "onnx.ModelProto") -> list[str]:
     return list(seen)
 
 
-def load_graph(source: Source, relpath: str) -> "onnx.ModelProto | None":
+def load_graph(source: Source, relpath: str) -> onnx.ModelProto | None:
     """Load ``relpath`` and its external data from ``source``; None if the source has no such graph.
 
     Every external tensor's range is checked against its file's size first, so a truncated download is a

@@ -7,8 +7,9 @@ Output is deterministic: tensors are laid out in graph order and the proto is se
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -22,7 +23,7 @@ def data_file_name(stem: str, index: int) -> str:
     return f"{stem}.onnx_data" if index == 0 else f"{stem}.onnx_data_{index}"
 
 
-def iter_tensors(graph: "onnx.GraphProto") -> Iterator["onnx.TensorProto"]:
+def iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
     """Every TensorProto of a graph in a fixed order: initializers, then node attributes, subgraphs included."""
     import onnx
 
@@ -40,7 +41,7 @@ def iter_tensors(graph: "onnx.GraphProto") -> Iterator["onnx.TensorProto"]:
                     yield from iter_tensors(g)
 
 
-def tensor_bytes(t: "onnx.TensorProto") -> bytes:
+def tensor_bytes(t: onnx.TensorProto) -> bytes:
     """The little-endian raw bytes of an in-memory tensor."""
     import onnx
     from onnx import numpy_helper
@@ -52,7 +53,7 @@ def tensor_bytes(t: "onnx.TensorProto") -> bytes:
     return numpy_helper.to_array(t).tobytes()
 
 
-def save_sharded(model: "onnx.ModelProto", onnx_path: Path, *, max_shard_bytes: int,
+def save_sharded(model: onnx.ModelProto, onnx_path: Path, *, max_shard_bytes: int,
                  size_threshold: int = SIZE_THRESHOLD) -> list[Path]:
     """Write ``model`` to ``onnx_path`` with external data shards beside it; return the written paths (.onnx first).
 
@@ -95,7 +96,7 @@ def save_sharded(model: "onnx.ModelProto", onnx_path: Path, *, max_shard_bytes: 
     return written
 
 
-def _nbytes(t: "onnx.TensorProto") -> int:
+def _nbytes(t: onnx.TensorProto) -> int:
     if t.HasField("raw_data"):
         return len(t.raw_data)
     import numpy as np
@@ -109,7 +110,7 @@ def _nbytes(t: "onnx.TensorProto") -> int:
     return n * itemsize
 
 
-def _make_external(t: "onnx.TensorProto", location: str, offset: int, length: int) -> None:
+def _make_external(t: onnx.TensorProto, location: str, offset: int, length: int) -> None:
     import onnx
 
     for field in ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data"):

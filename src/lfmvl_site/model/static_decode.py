@@ -34,26 +34,27 @@ _KV = re.compile(r"(past_key_values|present)\.(\d+)\.(key|value)$")
 TOTAL_NAME = "/lfmvl/static_decode/total_sequence_length"
 
 
-def _dims(vi: "onnx.ValueInfoProto") -> list[int | str]:
+def _dims(vi: onnx.ValueInfoProto) -> list[int | str]:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in vi.type.tensor_type.shape.dim]
 
 
-def _set_dims(vi: "onnx.ValueInfoProto", dims: list[int]) -> None:
+def _set_dims(vi: onnx.ValueInfoProto, dims: list[int]) -> None:
     shape = vi.type.tensor_type.shape
     del shape.dim[:]
     for d in dims:
         shape.dim.add().dim_value = int(d)
 
 
-def _fixed(vi: "onnx.ValueInfoProto", axis: int) -> int:
+def _fixed(vi: onnx.ValueInfoProto, axis: int) -> int:
     d = _dims(vi)
-    if len(d) <= axis or not isinstance(d[axis], int) or d[axis] <= 0:
+    n = d[axis] if len(d) > axis else None
+    if not isinstance(n, int) or n <= 0:
         raise ContractError(f"decoder: {vi.name} has no fixed size on axis {axis} (dims {d}); a static decode step "
                             f"needs the published layout (hidden size, kv heads and head size as numbers).")
-    return int(d[axis])
+    return n
 
 
-def static_decode_step(model: "onnx.ModelProto", max_len: int) -> "onnx.ModelProto":
+def static_decode_step(model: onnx.ModelProto, max_len: int) -> onnx.ModelProto:
     """Turn ``model`` (a decoder) into a one-token decode step with fixed shapes and caches of ``max_len`` rows.
 
     Edits ``model`` in place and returns it. Raises ContractError when the graph is not a decoder this can
@@ -107,7 +108,7 @@ def static_decode_step(model: "onnx.ModelProto", max_len: int) -> "onnx.ModelPro
     return model
 
 
-def _drop_dead_nodes(model: "onnx.ModelProto") -> None:
+def _drop_dead_nodes(model: onnx.ModelProto) -> None:
     """Remove nodes whose outputs nobody reads (the old total-length Shape/Gather/Cast chain)."""
     g = model.graph
     outputs = {o.name for o in g.output}

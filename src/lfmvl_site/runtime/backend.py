@@ -14,8 +14,9 @@ Values flow two ways through :meth:`Session.run`:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 Dim = int | str | None
 

@@ -8,8 +8,9 @@ with ``keep`` so a WebGPU host can leave them on the GPU between steps.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -186,7 +187,7 @@ class Captioner:
         self.full_logits = not (len(logits_info.shape) == 3 and logits_info.shape[1] == 1)
 
     @classmethod
-    async def load(cls, backend: Backend) -> "Captioner":
+    async def load(cls, backend: Backend) -> Captioner:
         """Read the configs and open the three graphs through ``backend``."""
 
         async def optional(relpath: str) -> str | None:
@@ -284,7 +285,8 @@ class Captioner:
                 )
             for j, i in enumerate(idx):
                 rows[i] = feats[j * per_tile : (j + 1) * per_tile]
-        return np.concatenate(rows, axis=0) if rows else np.zeros((0, self.text_config.hidden_size), np.float32)
+        filled = [r for r in rows if r is not None]  # every tile's rows were set above
+        return np.concatenate(filled, axis=0) if filled else np.zeros((0, self.text_config.hidden_size), np.float32)
 
     def merge(self, embeds: np.ndarray, ids: Sequence[int], features: np.ndarray) -> np.ndarray:
         """Overwrite the rows at ``<image>`` positions with vision rows, in order."""
@@ -550,9 +552,9 @@ class Captioner:
                 cancel.check()
         finally:
             release_kept(caches.values())
-        tail = stream.flush()
-        if on_token is not None and tail:
-            on_token(-1, tail)
+        rest = stream.flush()
+        if on_token is not None and rest:
+            on_token(-1, rest)
         eos = self.text_config.eos_token_ids[0] if stop_reason == "eos" and self.text_config.eos_token_ids else None
         state.remember(prompt, generated, eos)
         for name in ("decoder_runs", "proposed", "accepted", "full_runs", "partial_runs"):

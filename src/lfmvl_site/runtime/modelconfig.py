@@ -33,7 +33,7 @@ class TextModelConfig:
     bos_token_id: int | None
 
     @classmethod
-    def from_texts(cls, config_json: str, generation_config_json: str | None) -> "TextModelConfig":
+    def from_texts(cls, config_json: str, generation_config_json: str | None) -> TextModelConfig:
         cfg = parse_json(config_json, "config.json")
         text = cfg.get("text_config", cfg)
         gen = parse_json(generation_config_json, "generation_config.json") if generation_config_json else {}

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..errors import ContractError, ModelFileError
 from .backend import Backend, Session, TensorInfo
@@ -44,7 +45,7 @@ class NativeSession(Session):
     ) -> dict[str, Any]:
         names = list(dict.fromkeys([*read, *keep]))
         values = self._session.run(names, dict(feeds))
-        return dict(zip(names, values))
+        return dict(zip(names, values, strict=True))
 
 
 class NativeBackend(Backend):

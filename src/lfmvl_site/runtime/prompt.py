@@ -16,7 +16,7 @@ import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, ClassVar
+from typing import Any
 
 from lfmvl_site.errors import ContractError, InputError
 from lfmvl_site.runtime.modelconfig import parse_json
@@ -63,7 +63,7 @@ def _environment() -> Any:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     class GenerationBlock(jinja2.ext.Extension):
-        tags: ClassVar[set[str]] = {"generation"}
+        tags = {"generation"}
 
         def parse(self, parser: Any) -> Any:
             lineno = next(parser.stream).lineno
@@ -92,7 +92,8 @@ def _environment() -> Any:
 
     def _check_name(name: object) -> None:
         if isinstance(name, str) and name.startswith("_"):
-            raise jinja2.exceptions.SecurityError(f"chat templates cannot store underscore-prefixed attributes on a namespace ({name!r})")
+            raise jinja2.exceptions.SecurityError("chat templates cannot store underscore-prefixed attributes on a namespace "
+                                                  f"({name!r})")
 
     class TemplateNamespace(jinja2.utils.Namespace):
         def __init__(*args: Any, **kwargs: Any) -> None:
@@ -106,7 +107,8 @@ def _environment() -> Any:
             _check_name(name)
             jinja2.utils.Namespace.__setitem__(self, name, value)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationBlock, jinja2.ext.loopcontrols])
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[GenerationBlock, jinja2.ext.loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now
@@ -123,7 +125,8 @@ def _compile(template_text: str) -> Any:
     try:
         return _environment().from_string(template_text)
     except jinja2.exceptions.TemplateSyntaxError as exc:
-        raise ContractError(f"the chat template does not parse (line {exc.lineno}: {exc.message}); re-download the model files") from exc
+        raise ContractError(f"the chat template does not parse (line {exc.lineno}: {exc.message}); "
+                            "re-download the model files") from exc
 
 
 def template_tokens(tokenizer_config: Mapping[str, Any] | None) -> dict[str, str]:
@@ -148,11 +151,13 @@ def _default_template(value: Any, where: str) -> str | None:
         try:
             value = {t["name"]: t["template"] for t in value}
         except (TypeError, KeyError) as exc:
-            raise ContractError(f"{where}: chat_template is a list but not of {{'name', 'template'}} entries; re-download the model files") from exc
+            raise ContractError(f"{where}: chat_template is a list but not of {{'name', 'template'}} entries; re-download the "
+                                "model files") from exc
     if isinstance(value, Mapping):
         if "default" in value and isinstance(value["default"], str):
             return str(value["default"])
-        raise ContractError(f"{where}: chat_template has named templates {sorted(value)} but none named 'default'; this runtime needs a default")
+        raise ContractError(f"{where}: chat_template has named templates {sorted(value)} but none named 'default'; this "
+                            "runtime needs a default")
     raise ContractError(f"{where}: chat_template is {type(value).__name__}, expected a string; re-download the model files")
 
 
@@ -322,7 +327,8 @@ def build_prompt_ids(
     image = tokenizer.special_token_id("<image>")
     n_images = ids.count(image)
     if n_images != len(layouts):
-        raise ContractError(f"the chat template emitted {n_images} <image> tokens for {len(layouts)} images; this runtime cannot use it")
+        raise ContractError(f"the chat template emitted {n_images} <image> tokens for {len(layouts)} images; this runtime "
+                            "cannot use it")
     out: list[int] = []
     images = iter(layouts)
     for i in ids:

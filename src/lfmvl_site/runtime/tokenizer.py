@@ -141,7 +141,8 @@ def translate_pattern(pattern: str) -> str:
                 end = pattern.find("}", i)
                 name = pattern[i + 3 : end]
                 if name not in ("L", "N"):
-                    raise ContractError(f"tokenizer.json pre_tokenizer regex uses \\{nxt}{{{name}}}, which is not supported; only \\p{{L}} and \\p{{N}}")
+                    raise ContractError(f"tokenizer.json pre_tokenizer regex uses \\{nxt}{{{name}}}, which is not supported; "
+                                        f"only \\p{{L}} and \\p{{N}}")
                 if nxt == "P" and in_class:
                     raise ContractError("tokenizer.json pre_tokenizer regex uses \\P{..} inside a class; not supported")
                 body = cls[name]
@@ -214,7 +215,8 @@ def _parse_added(raw: object) -> list[_AddedToken]:
     tok: Any
     for k, tok in enumerate(raw):  # type: ignore[arg-type]
         field = f"added_tokens[{k}]"
-        _need(isinstance(tok, dict) and isinstance(tok.get("content"), str) and tok["content"] != "", field, "lacks a content string")
+        _need(isinstance(tok, dict) and isinstance(tok.get("content"), str) and tok["content"] != "", field, "lacks a content "
+                                                                                                             "string")
         _need(isinstance(tok.get("id"), int) and tok["id"] >= 0, f"{field}.id", f"is {tok.get('id')!r}, expected an id >= 0")
         special = bool(tok.get("special", False))
         out.append(_AddedToken(tok["content"], int(tok["id"]), special, bool(tok.get("normalized", not special)),
@@ -227,9 +229,10 @@ def _parse(data: dict) -> _Spec:
     model = data.get("model")
     _need(isinstance(model, dict) and model.get("type", "BPE") == "BPE", "model.type", f"is {type_of(model)!r}, expected 'BPE'")
     assert isinstance(model, dict)
-    _need(model.get("dropout") in (None, 0, 0.0), "model.dropout", f"is {model.get('dropout')!r}, expected null (dropout is for training)")
-    _need(not model.get("continuing_subword_prefix"), "model.continuing_subword_prefix", f"is {model.get('continuing_subword_prefix')!r}, expected null")
-    _need(not model.get("end_of_word_suffix"), "model.end_of_word_suffix", f"is {model.get('end_of_word_suffix')!r}, expected null")
+    _need(model.get("dropout") in (None, 0, 0.0), "model.dropout",
+          f"is {model.get('dropout')!r}, expected null (dropout is for training)")
+    for key in ("continuing_subword_prefix", "end_of_word_suffix"):
+        _need(not model.get(key), f"model.{key}", f"is {model.get(key)!r}, expected null")
     vocab = model.get("vocab")
     _need(isinstance(vocab, dict) and bool(vocab), "model.vocab", "is missing or empty")
     assert isinstance(vocab, dict)

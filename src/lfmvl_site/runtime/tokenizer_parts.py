@@ -353,7 +353,8 @@ def parse_post_processor(spec: Any) -> PostProcessor:
         seen_a = False
         for k, piece in enumerate(member.get("single") or []):
             if "Sequence" in piece:
-                _need(piece["Sequence"].get("id") == "A" and not seen_a, f"{field}.single[{k}]", f"is {piece!r}, expected one Sequence A")
+                _need(piece["Sequence"].get("id") == "A" and not seen_a, f"{field}.single[{k}]", f"is {piece!r}, expected one "
+                                                                                                 "Sequence A")
                 seen_a = True
             elif "SpecialToken" in piece:
                 name = piece["SpecialToken"].get("id")

@@ -27,10 +27,12 @@ import json
 import shutil
 import tarfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from ..config import cache_dir
 from ..errors import AssetError
 from .fetch import (
     FetchFailed,
@@ -41,7 +43,6 @@ from .fetch import (
     sri_matches,
     stderr_progress,
 )
-from ..config import cache_dir
 from .wheel import pure_wheel_from_sdist
 
 NPM_REGISTRY = "https://registry.npmjs.org"

@@ -27,8 +27,9 @@ import json
 import re
 import shlex
 import shutil
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable
+from typing import Any
 
 from ..errors import BuildError
 from ..static_server import IMMUTABLE, IMMUTABLE_PATTERN, ISOLATION_HEADERS, MIME_TYPES, SHARD_PATTERN

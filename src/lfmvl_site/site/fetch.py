@@ -7,7 +7,6 @@ from a pinned lock) before it is used or cached; a download is written to a
 
 from __future__ import annotations
 
-
 import base64
 import hashlib
 import json
@@ -16,8 +15,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 Progress = Callable[[str], None]
 

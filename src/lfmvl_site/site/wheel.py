@@ -15,8 +15,8 @@ import hashlib
 import re
 import tarfile
 import zipfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from .. import __version__
 

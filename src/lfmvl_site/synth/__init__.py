@@ -3,8 +3,9 @@
 ``write_model(dir, seed=..., size=..., layout=...)`` writes config/processor/generation JSON, the tokenizer files and
 the three fp32 graphs, each with ``<stem>.onnx_data``: ``onnx/embed_tokens``, ``onnx/embed_images``, ``onnx/decoder``
 in the 1.6B layout, ``onnx/embed_tokens``, ``onnx/vision_encoder``, ``onnx/decoder_model_merged`` in the 450M one
-(runtime/layout.py). Built with numpy + onnx only and byte-identical for a given seed. ``make_weights(config, seed)`` returns the same weights
-keyed by transformers parameter names, so tests can load them into ``Lfm2VlForConditionalGeneration``.
+(runtime/layout.py). Built with numpy + onnx only and byte-identical for a given seed. ``make_weights(config, seed)``
+returns the same weights keyed by transformers parameter names, so tests can load them into
+``Lfm2VlForConditionalGeneration``.
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def _write_tokenizer(root: Path) -> None:
 
     written = write_tokenizer_files(root, vocab_size=TOKENIZER_VOCAB_SIZE)
     if written != TOKENIZER_VOCAB_SIZE:  # the embedding table and lm_head are sized from this number
-        raise BuildError(f"The synthetic tokenizer has {written} ids, expected {TOKENIZER_VOCAB_SIZE}; fix synth/tokenizer_files.py.")
+        raise BuildError(f"The synthetic tokenizer has {written} ids, expected {TOKENIZER_VOCAB_SIZE}; fix "
+                         "synth/tokenizer_files.py.")
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -8,8 +8,9 @@ tensors of at least 1024 bytes live in the data file, smaller ones stay inline.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Sequence
+from typing import Any, BinaryIO
 
 import numpy as np
 import onnx

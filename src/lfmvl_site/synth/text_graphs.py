@@ -173,7 +173,8 @@ class _Decoder:
         up = g.op("MatMul", [x, self.linear_t(f"{p}.w3.weight", f"model.layers.{i}.mlp.w3.weight_t")], name=f"{n}/w3/MatMul")
         silu = g.op("Mul", [gate, g.op("Sigmoid", [gate], name=f"{n}/Sigmoid")], name=f"{n}/SiLU")
         hidden = g.op("Mul", [silu, up], name=f"{n}/Mul")
-        return g.op("MatMul", [hidden, self.linear_t(f"{p}.w2.weight", f"model.layers.{i}.mlp.w2.weight_t")], name=f"{n}/w2/MatMul")
+        w2 = self.linear_t(f"{p}.w2.weight", f"model.layers.{i}.mlp.w2.weight_t")
+        return g.op("MatMul", [hidden, w2], name=f"{n}/w2/MatMul")
 
 
 def build_decoder(weights: Mapping[str, np.ndarray], config: dict[str, Any], onnx_dir: Path,

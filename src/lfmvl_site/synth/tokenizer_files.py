@@ -148,7 +148,7 @@ Numbers: 0 1 2 3 4 5 6 7 8 9 10 100 1000 2024 3.14159 2.71828 1,000,000 42 007.
 Tabs\tand\tspaces    line one
 line two\r\nline three
 
-  indented text and trailing spaces   
+  indented text and trailing spaces\x20\x20\x20
 """
 
 
@@ -180,7 +180,7 @@ def _learn_merges(n_tokens: int, byte_map: dict[int, str]) -> tuple[list[tuple[s
     pairs: Counter[tuple[str, str]] = Counter()
     where: dict[tuple[str, str], set[int]] = {}
     for i, w in enumerate(words):
-        for p in zip(w, w[1:]):
+        for p in zip(w, w[1:], strict=False):
             pairs[p] += freqs[i]
             where.setdefault(p, set()).add(i)
     known = set(byte_map.values())
@@ -192,7 +192,8 @@ def _learn_merges(n_tokens: int, byte_map: dict[int, str]) -> tuple[list[tuple[s
             if c > 0 and (best is None or c > pairs[best] or (c == pairs[best] and p < best)):
                 best = p
         if best is None:
-            raise InputError(f"the tiny tokenizer's corpus supports at most {len(new_tokens)} merged tokens; use a smaller vocab_size")
+            raise InputError(f"the tiny tokenizer's corpus supports at most {len(new_tokens)} merged tokens; use a smaller "
+                             "vocab_size")
         merged = best[0] + best[1]
         merges.append(best)
         if merged not in known:
@@ -200,7 +201,7 @@ def _learn_merges(n_tokens: int, byte_map: dict[int, str]) -> tuple[list[tuple[s
             new_tokens.append(merged)
         for i in sorted(where.pop(best, ())):
             w, f = words[i], freqs[i]
-            for p in zip(w, w[1:]):
+            for p in zip(w, w[1:], strict=False):
                 pairs[p] -= f
             j, out = 0, []
             while j < len(w):
@@ -211,7 +212,7 @@ def _learn_merges(n_tokens: int, byte_map: dict[int, str]) -> tuple[list[tuple[s
                     out.append(w[j])
                     j += 1
             words[i] = out
-            for p in zip(out, out[1:]):
+            for p in zip(out, out[1:], strict=False):
                 pairs[p] += f
                 where.setdefault(p, set()).add(i)
         del pairs[best]
@@ -222,7 +223,8 @@ def _tokenizer_json(vocab_size: int) -> dict:
     byte_map = bytes_to_unicode()
     n_fixed = _FIRST_BYTE_ID + 256 + len(_NON_SPECIAL_ADDED) + len(_HIGH_SPECIALS)
     if vocab_size < n_fixed + 1:
-        raise InputError(f"vocab_size {vocab_size} is too small: the tokenizer needs at least {n_fixed + 1} entries; pick a larger one")
+        raise InputError(f"vocab_size {vocab_size} is too small: the tokenizer needs at least {n_fixed + 1} entries; pick a "
+                         "larger one")
     merges, merged = _learn_merges(vocab_size - n_fixed, byte_map)
     vocab: dict[str, int] = {_low_token(i): i for i in range(_FIRST_BYTE_ID)}
     for tok in [*byte_map.values(), *merged, *_NON_SPECIAL_ADDED, *_HIGH_SPECIALS]:
@@ -349,7 +351,8 @@ CHAT_TEMPLATE = """\
 {%- endif -%}
 {%- if tools -%}
   {%- if state.system -%}{%- set state.system = state.system + "\\n\\n" -%}{%- endif -%}
-  {%- set state.system = state.system + "Today's date: " + strftime_now("%Y-%m-%d") + "\\n\\nList of tools: " + (tools | tojson) -%}
+  {%- set state.system = state.system + "Today's date: " + strftime_now("%Y-%m-%d") -%}
+  {%- set state.system = state.system + "\\n\\nList of tools: " + (tools | tojson) -%}
 {%- endif -%}
 {%- if state.system -%}
   {{- "<|im_start|>system\\n" + state.system + "<|im_end|>\\n" -}}

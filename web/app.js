@@ -41,6 +41,18 @@ const state = {
   current: "",
   pageReadyMs: null,
   firstCaptionMs: null,
+  lastDropped: 0,
+  sent: new Map(),         // frame id -> {source, name, media_time}: what each caption was made from
+  live: { firstMs: null }, // the running caption's figures
+  announced: 0,            // completed captions put in the live region
+  everStarted: false,
+  starting: false,
+  looping: false,
+  sourceName: "",          // camera label or file name
+  fileUrl: null,
+  resolved: null,          // {device, why, adapter}: what the page asked the worker for, and its own reason
+  load: null,              // {loaded, total, files, done}: the overall loading progress
+  offline: null,           // the last cacheInfo
 };
 
 // A small debugging/testing surface: the browser tests read it.
@@ -167,6 +179,17 @@ for (const [key, id] of Object.entries(FIELD)) {
   if (s.hint) field.title = s.hint;
   field.value = String(s.default);
 }
+// Settings are remembered in this browser (localStorage) across reloads; the address overrides them.
+const STORE = "lfmvl-page-settings";
+function stored() {
+  try { return JSON.parse(localStorage.getItem(STORE) || "{}") || {}; } catch { return {}; }
+}
+function remember(key, value) {
+  try { localStorage.setItem(STORE, JSON.stringify({ ...stored(), [key]: value })); } catch { /* private mode: not kept */ }
+}
+for (const [key, raw] of Object.entries(stored())) {
+  if (FIELD[key] && !check(key, String(raw)).problem) $(FIELD[key]).value = String(raw);
+}
 // Values from the address go into their field and are checked like typed ones: a wrong one is shown there.
 const fromUrl = {};
 for (const [key, name] of Object.entries(URL_PARAM)) {
@@ -207,11 +230,16 @@ if (sw) {
   });
 }
 
+// What this device needs offline: every file but the model graphs, plus the graph files of the variants this
+// device runs (the worker's plan names them). Variants for other GPUs are not counted.
+const needed = new Set();
+const neededByThisDevice = (path) => !path.startsWith("model/onnx/") || needed.has(path);
 async function showCache() {
   if (!sw) return;
-  const [info, est] = await Promise.all([sw.cacheInfo(), sw.estimate()]);
-  $("cache").textContent = `${info.cachedFiles}/${info.totalFiles} files cached for offline use ` +
-    `(${(info.cachedBytes / 1e6).toFixed(1)} of ${(info.totalBytes / 1e6).toFixed(1)} MB)` +
+  const [info, est] = await Promise.all([sw.cacheInfo(state.info ? neededByThisDevice : "all"), sw.estimate()]);
+  state.offline = info;
+  $("cache").textContent = `${info.cachedFiles}/${info.totalFiles} files ${state.info ? "this device needs are " : ""}` +
+    `cached for offline use (${(info.cachedBytes / 1e6).toFixed(1)} of ${(info.totalBytes / 1e6).toFixed(1)} MB)` +
     (est && est.free != null ? `, ${(est.free / 1e9).toFixed(1)} GB free` : "") +
     (sw.persisted ? ", persistent" : "");
 }
@@ -222,8 +250,29 @@ $("clearCache").onclick = async () => {
   say("cache", "Offline cache cleared: the next visit downloads the model again.", "info");
 };
 
+// "auto" and a software WebGPU adapter (SwiftShader, WARP: no GPU in use) is 20-70x slower than wasm: the page
+// asks for the adapter itself and sends wasm instead, saying why. Only JavaScript can ask for the adapter.
+async function softwareAdapter() {
+  if (!navigator.gpu) return null;
+  let adapter = null;
+  try { adapter = await navigator.gpu.requestAdapter(); } catch { return null; }
+  if (!adapter) return null;
+  const info = adapter.info || {};
+  const named = [info.vendor, info.architecture, info.description].filter(Boolean).join(" ");
+  const fallback = info.isFallbackAdapter ?? adapter.isFallbackAdapter;
+  if (fallback || /swiftshader|warp|llvmpipe/i.test(named)) return named || "a fallback adapter";
+  return null;
+}
+/** The backend to ask the worker for: {device, why} (why: the page's own reason, or null). */
+async function resolveDevice(wanted) {
+  if (wanted !== DEV.auto) return { device: wanted, why: null, adapter: null };
+  const soft = await softwareAdapter();
+  return soft ? { device: DEV.wasm, why: WHY.software_adapter, adapter: soft } : { device: wanted, why: null, adapter: null };
+}
+
 const deviceKey = S.device.key;
 const wantedDevice = check(deviceKey, $(FIELD[deviceKey]).value).value ?? S.device.default;
+state.resolved = await resolveDevice(wantedDevice);
 const worker = new Worker(new URL("worker.js", import.meta.url), { type: "module" });
 worker.onerror = (e) => say("worker", `The captioning worker failed to start (${e.message || "unknown error"}). ` +
   "Use a current Chrome, Edge or Firefox, and reload.", "error");
@@ -236,36 +285,68 @@ if (!self.crossOriginIsolated) {
 }
 $("isolation").textContent = self.crossOriginIsolated ? "cross-origin isolated" : "not isolated";
 
-worker.postMessage({ type: IN.init, settings, device: wantedDevice, verbose: params.has("verbose") });
+worker.postMessage({ type: IN.init, settings, device: state.resolved.device, verbose: params.has("verbose") });
 
+const LOAD_ERRORS = ["download", "storage", "memory", "model", "error"];
 $("retry").onclick = () => {
   $("retry").hidden = true;
-  for (const key of ["download", "storage", "memory", "model", "error"]) unsay(key);
+  for (const key of LOAD_ERRORS) unsay(key);
   $("status").textContent = "Trying again…";
   worker.postMessage({ type: IN.retry });
 };
 
-const progress = new Map();
+// ---------------------------------------------------------------- loading progress
+
+const progress = new Map();  // file -> {row, loaded, total, done}
+const mb = (n) => (n / 1e6).toFixed(n < 1e7 ? 2 : 1);
+const load = { firstByte: null };
 function showProgress(p) {
-  let row = progress.get(p.file);
-  if (!row) {
-    row = document.createElement("tr");
+  let entry = progress.get(p.file);
+  if (!entry) {
+    const row = document.createElement("tr");
     row.innerHTML = "<td></td><td></td><td></td>";
     $("progress").tBodies[0].append(row);
-    progress.set(p.file, row);
+    entry = { row, loaded: 0, total: 0, done: false };
+    progress.set(p.file, entry);
   }
-  const mb = (n) => (n / 1e6).toFixed(n < 1e7 ? 2 : 0);
-  const [name, bytes, eta] = row.cells;
+  entry.loaded = p.loaded;
+  entry.total = Math.max(p.total || 0, p.loaded);
+  entry.done = entry.done || Boolean(p.done);
+  if (p.loaded > 0 && load.firstByte === null) load.firstByte = performance.now();
+  const [name, bytes, eta] = entry.row.cells;
   name.textContent = p.file;
   bytes.textContent = p.total ? `${mb(p.loaded)} / ${mb(p.total)} MB` : `${mb(p.loaded)} MB`;
-  if (p.done) eta.textContent = "done";
-  else if (p.total && p.loaded > 0) {
-    const rate = p.loaded / p.ms;  // bytes per ms
-    eta.textContent = `${Math.ceil((p.total - p.loaded) / rate / 1000)} s`;
-  } else eta.textContent = "…";
+  if (entry.done) eta.textContent = "done";
+  else if (p.total && p.loaded > 0 && p.ms > 0) eta.textContent = `${Math.ceil((p.total - p.loaded) / (p.loaded / p.ms) / 1000)} s`;
+  else eta.textContent = "…";
+  showOverall();
+}
+/** One bar over everything the page fetches (Pyodide, onnxruntime-web, packages, model): bytes and ETA. */
+function showOverall() {
+  let loaded = 0;
+  let total = 0;
+  let done = 0;
+  for (const e of progress.values()) {
+    loaded += e.done ? e.total : e.loaded;
+    total += e.total;
+    if (e.done) done += 1;
+  }
+  state.load = { loaded, total, files: progress.size, done };
+  $("overall").max = Math.max(total, 1);
+  $("overall").value = Math.min(loaded, total);
+  let eta = "";
+  if (load.firstByte !== null && loaded > 0 && loaded < total) {
+    const rate = loaded / Math.max(performance.now() - load.firstByte, 1);  // bytes per ms
+    eta = ` · about ${Math.max(1, Math.ceil((total - loaded) / rate / 1000))} s left`;
+  }
+  $("overallText").textContent = `${mb(loaded)} of ${mb(total)} MB (${done}/${progress.size} files)${eta}`;
+  $("fileDetails").querySelector("summary").textContent = `Files (${done}/${progress.size})`;
 }
 function showPlan(files) {  // the files this load will fetch, listed before their bytes arrive
-  for (const f of files || []) if (!progress.has(f.file)) showProgress({ file: f.file, loaded: 0, total: f.size, ms: 0 });
+  for (const f of files || []) {
+    needed.add(f.file);
+    if (!progress.has(f.file)) showProgress({ file: f.file, loaded: 0, total: f.size, ms: 0 });
+  }
 }
 
 function showBackend(m) {
@@ -275,6 +356,10 @@ function showBackend(m) {
   } else if (m.why === WHY.no_adapter) {
     say("webgpu", "WebGPU is available but no graphics adapter was found (GPU blocked or unsupported), " +
       "so the model runs on the CPU (wasm) instead, more slowly.");
+  } else if (state.resolved.why === WHY.software_adapter && m.device === DEV.wasm) {
+    say("webgpu", `Backend "${wordsOf(deviceKey, DEV.auto)}" chose ${wordsOf(deviceKey, DEV.wasm)}: the only WebGPU ` +
+      `adapter here is a software one (${state.resolved.adapter}, no GPU in use), which is many times slower ` +
+      `than wasm. Choose ${wordsOf(deviceKey, DEV.webgpu)} under Backend to use it anyway.`, "info");
   } else {
     unsay("webgpu");
   }
@@ -284,6 +369,8 @@ function showBackend(m) {
   } else {
     unsay("software-gpu");
   }
+  $("deviceNote").textContent = state.resolved.why === WHY.software_adapter
+    ? `auto → ${wordsOf(deviceKey, DEV.wasm)}: the WebGPU adapter is software (${state.resolved.adapter}).` : "";
 }
 
 let autostarted = false;
@@ -294,10 +381,13 @@ function showReady(m) {
   state.info = m;
   if (first) state.pageReadyMs = performance.now() - state.started;
   const precisions = m.choices.map((c) => `${c.role} ${c.precision}${c.device !== m.device ? ` (${wordsOf(deviceKey, c.device)})` : ""}`).join(", ");
-  $("backend").textContent = `${wordsOf(deviceKey, m.device)} · ${precisions}`;
+  const auto = state.resolved.why === WHY.software_adapter ? ` (${wordsOf(deviceKey, DEV.auto)}: software GPU skipped)` : "";
+  $("backend").textContent = `${wordsOf(deviceKey, m.device)}${auto} · ${precisions}`;
   $("status").textContent = first ? `Ready in ${(state.pageReadyMs / 1000).toFixed(1)} s. ${m.describe}`
     : `Switched to ${wordsOf(deviceKey, m.device)}. ${m.describe}`;
   $("retry").hidden = true;
+  for (const key of LOAD_ERRORS) unsay(key);  // whatever failed on the way was retried and got through
+  $("load").hidden = true;                    // the loading view gives way to the captioning view
   // Variants other than the preferred one: say which and why (the features the adapter lacks).
   const fell = m.choices.filter((c) => c.fallback !== FALLBACK.none);
   if (fell.length) {
@@ -309,6 +399,8 @@ function showReady(m) {
     unsay("precision");
   }
   $("toggle").disabled = false;
+  $("playPause").disabled = false;
+  showRunning();
   showCache();
   if (params.has("autostart") && !autostarted) {
     autostarted = true;
@@ -334,21 +426,19 @@ function handle(m) {
       showReady(m);
       break;
     case OUT.token:
-      if (m.id === state.frameId) {
-        state.current += m.piece;
-        $("caption").textContent = state.current;
-      }
+      if (m.id === state.frameId) showToken(m);
       break;
     case OUT.caption:
       state.inFlight = false;
+      $("streaming").textContent = "";
       if (m.cancelled || (m.error && m.error.code === ERR.cancelled)) { state.cancelled += 1; break; }
       if (m.error) { showError(m.error); break; }
+      for (const key of ["input", "memory", "error"]) unsay(key);  // the last caption failed; this one did not
       recordCaption(m);
       break;
     case OUT.dropped:
       state.inFlight = false;
-      state.dropped += 1;
-      $("f-dropped").textContent = String(state.dropped);
+      countDropped();
       break;
     case OUT.lastFrame:
       while (pending.length) pending.shift()(m.frame);
@@ -362,6 +452,8 @@ function handle(m) {
       } else if (!state.ready) {
         $("status").textContent = "Loading failed.";
         $("retry").hidden = false;
+        $("load").hidden = false;
+        $("fileDetails").open = true;
       }
       break;
   }
@@ -369,23 +461,71 @@ function handle(m) {
 
 // ---------------------------------------------------------------- captions & figures
 
+const fmt = (v, unit) => (v === null || v === undefined || !Number.isFinite(Number(v)) ? "–"
+  : `${Number(v).toFixed(unit === "ms" ? 0 : 1)} ${unit}`);
+
+/** A token of the running caption: shown apart from the last complete caption; figures as tokens arrive. */
+function showToken(m) {
+  state.current += m.piece;
+  $("streaming").textContent = state.current;
+  const live = state.live;
+  if (m.count === 1 || live.firstMs === null) {
+    live.firstMs = m.ms;
+    $("f-ttft").textContent = fmt(m.ms, "ms");
+  } else {
+    $("f-tps").textContent = fmt((m.count - 1) / ((m.ms - live.firstMs) / 1000), "tok/s");
+  }
+  $("f-latency").textContent = fmt(m.ms, "ms");
+}
+
+function countDropped(n = 1) {
+  state.dropped += n;
+  $("f-dropped").textContent = String(state.dropped);
+}
+
+function mediaTimeText(s) {
+  const m = Math.floor(s / 60);
+  return `${m}:${(s - m * 60).toFixed(1).padStart(4, "0")}`;
+}
+
 function recordCaption(m) {
   const t = m.timings || {};
   const at = (performance.now() - state.started) / 1000;
   if (state.firstCaptionMs === null) state.firstCaptionMs = performance.now() - state.started;
-  const entry = { id: m.id, time_s: at, prompt: m.prompt, text: m.text, token_ids: m.token_ids,
-                  width: m.width, height: m.height, stop_reason: m.stop_reason, timings: t,
+  const sent = state.sent.get(m.id) || {};
+  state.sent.delete(m.id);
+  const mediaTime = m.media_time ?? sent.media_time ?? null;
+  const entry = { id: m.id, time_s: at, wall_clock: new Date().toISOString(), source: sent.source ?? m.source,
+                  source_name: sent.name ?? "", media_time: mediaTime, prompt: m.prompt, text: m.text,
+                  token_ids: m.token_ids, width: m.width, height: m.height, stop_reason: m.stop_reason, timings: t,
+                  draft_tokens_proposed: m.draft_tokens_proposed, draft_tokens_accepted: m.draft_tokens_accepted,
                   kept: m.kept, kept_live: m.kept_live };
   state.captions.push(entry);
+  // The complete caption replaces the previous one only now; screen readers hear complete captions only.
   $("caption").textContent = m.text;
-  const fmt = (v, unit) => (v === null || v === undefined ? "–" : `${Number(v).toFixed(unit === "ms" ? 0 : 1)} ${unit}`);
+  $("announce").textContent = m.text;
+  state.announced += 1;
   $("f-ttft").textContent = fmt(t.first_token_ms, "ms");
   $("f-tps").textContent = fmt(t.tokens_per_s, "tok/s");
   $("f-latency").textContent = fmt(t.total_ms, "ms");
   $("f-pre").textContent = fmt(t.preprocess_ms, "ms");
+  // Speculative decoding: draft tokens accepted / proposed ("off" where this build's decoder cannot verify drafts).
+  if (m.speculative === false) $("f-draft").textContent = "off";
+  else if (m.draft_tokens_proposed !== undefined) $("f-draft").textContent = `${m.draft_tokens_accepted}/${m.draft_tokens_proposed}`;
   const li = document.createElement("li");
-  li.textContent = `[${at.toFixed(1)} s] ${m.text}`;
+  const meta = document.createElement("span");
+  meta.className = "meta";
+  const when = new Date(entry.wall_clock).toLocaleTimeString();
+  meta.textContent = `${when} · ${entry.source_name || entry.source}` + (mediaTime !== null ? ` @ ${mediaTimeText(mediaTime)}` : "");
+  li.append(meta, document.createTextNode(m.text));
   $("history").prepend(li);
+  showHistoryState();
+}
+
+function showHistoryState() {
+  const empty = state.captions.length === 0;
+  for (const id of ["exportJson", "exportSrt", "clearHistory"]) $(id).disabled = empty;
+  $("historyHint").textContent = empty ? "No captions yet: exports become available after the first one." : "";
 }
 
 function download(name, text, type) {
@@ -396,18 +536,26 @@ function download(name, text, type) {
   setTimeout(() => URL.revokeObjectURL(a.href), 1000);
 }
 function srtTime(s) {
-  const ms = Math.round(s * 1000);
+  const ms = Math.round(Math.max(0, s) * 1000);
   const p = (n, w = 2) => String(n).padStart(w, "0");
   return `${p(Math.floor(ms / 3600000))}:${p(Math.floor(ms / 60000) % 60)}:${p(Math.floor(ms / 1000) % 60)},${p(ms % 1000, 3)}`;
 }
-$("exportJson").onclick = () => download("captions.json", JSON.stringify(state.captions, null, 2), "application/json");
-$("exportSrt").onclick = () => {
-  const c = state.captions;
+/** SRT cues: a video file's captions at their media time, others at the time since the page opened. */
+function srt(captions) {
+  const time = (e) => (e.media_time !== null && e.media_time !== undefined ? e.media_time : e.time_s);
+  const sameClock = (a, b) => (a.media_time === null || a.media_time === undefined) === (b.media_time === null || b.media_time === undefined)
+    && a.source_name === b.source_name;
   // One subtitle line per caption: line breaks inside a caption would end the SRT block early.
-  const srt = c.map((e, i) => `${i + 1}\n${srtTime(e.time_s)} --> ${srtTime(i + 1 < c.length ? c[i + 1].time_s : e.time_s + 3)}\n${e.text.replace(/[\r\n]+/g, " ")}\n`).join("\n");
-  download("captions.srt", srt, "text/plain");
-};
-$("clearHistory").onclick = () => { state.captions = []; $("history").textContent = ""; };
+  return captions.map((e, i) => {
+    const next = captions[i + 1];
+    const end = next && sameClock(e, next) && time(next) > time(e) ? time(next) : time(e) + 3;
+    return `${i + 1}\n${srtTime(time(e))} --> ${srtTime(end)}\n${e.text.replace(/[\r\n]+/g, " ")}\n`;
+  }).join("\n");
+}
+$("exportJson").onclick = () => download("captions.json", JSON.stringify(state.captions, null, 2), "application/json");
+$("exportSrt").onclick = () => download("captions.srt", srt(state.captions), "text/plain");
+$("clearHistory").onclick = () => { state.captions = []; $("history").textContent = ""; showHistoryState(); };
+showHistoryState();
 
 // ---------------------------------------------------------------- controls
 
@@ -415,18 +563,29 @@ const promptKey = S.prompt.key;
 const tokensKey = S.max_new_tokens.key;
 for (const text of C.prompts) {
   const b = document.createElement("button");
+  b.type = "button";
   b.textContent = text;
   b.className = "suggestion";
   b.onclick = () => { $(FIELD[promptKey]).value = text; sendPrompt(); };
   $("suggestions").append(b);
 }
+/** Remember a valid setting for the next visit (and keep the address, when it names it, in step). */
+function keep(key, value) {
+  remember(key, value);
+  if (params.has(URL_PARAM[key])) {
+    params.set(URL_PARAM[key], String(value));
+    history.replaceState(null, "", `${location.pathname}?${params}`);
+  }
+}
 let promptTimer = null;
 function sendPrompt() {
   clearTimeout(promptTimer);
-  const got = check(promptKey, $(FIELD[promptKey]).value.trim() || S.prompt.default);
+  const typed = $(FIELD[promptKey]).value;
+  const got = check(promptKey, typed.trim() || S.prompt.default);
   mark(promptKey, got.problem);
   if (got.problem) return;  // the worker keeps the last good prompt
   state.current = "";
+  remember(promptKey, typed.trim());
   worker.postMessage({ type: IN.prompt, prompt: got.value });
 }
 $(FIELD[promptKey]).oninput = () => { clearTimeout(promptTimer); promptTimer = setTimeout(sendPrompt, 400); };
@@ -435,15 +594,25 @@ function sendOptions() {
   if (got.problem) return;  // shown at the field; the worker keeps the last good value
   worker.postMessage({ type: IN.options, options: { [tokensKey]: got.value } });
 }
-$(FIELD[tokensKey]).onchange = sendOptions;
+$(FIELD[tokensKey]).onchange = () => {
+  sendOptions();
+  const got = current(tokensKey);
+  if (!got.problem) keep(tokensKey, got.value);
+};
 $(FIELD[tokensKey]).oninput = () => current(tokensKey);
 if (!fromUrl[tokensKey]) sendOptions();
 if (!fromUrl[promptKey]) sendPrompt();
-for (const key of [S.interval_ms.key, S.frame_size.key]) $(FIELD[key]).onchange = () => current(key);
-// A new backend: the worker re-creates its sessions and the page stays (reloading keeps the choice).
-$(FIELD[deviceKey]).onchange = () => {
+for (const key of [S.interval_ms.key, S.frame_size.key]) {
+  $(FIELD[key]).onchange = () => {
+    const got = current(key);
+    if (!got.problem) keep(key, got.value);
+  };
+}
+// A new backend: the worker re-creates its sessions and the page stays, keeping prompt and history.
+$(FIELD[deviceKey]).onchange = async () => {
   const got = current(deviceKey);
   if (got.problem) return;
+  remember(deviceKey, got.value);
   params.set(URL_PARAM[deviceKey], got.value);
   history.replaceState(null, "", `${location.pathname}?${params}`);
   if (!state.ready || state.switching) {
@@ -451,7 +620,8 @@ $(FIELD[deviceKey]).onchange = () => {
     return;
   }
   state.switching = true;
-  worker.postMessage({ type: IN.device, device: got.value });
+  state.resolved = await resolveDevice(got.value);
+  worker.postMessage({ type: IN.device, device: state.resolved.device });
 };
 const settingValue = (key) => check(key, $(FIELD[key]).value).value ?? S[key].default;
 
@@ -459,7 +629,7 @@ async function listCameras() {
   if (!navigator.mediaDevices || !navigator.mediaDevices.enumerateDevices) return;
   const devices = await navigator.mediaDevices.enumerateDevices();
   const sel = $("camera");
-  const keep = sel.value;
+  const keepValue = sel.value;
   sel.length = 1;
   devices.filter((d) => d.kind === "videoinput").forEach((d, i) => {
     const o = document.createElement("option");
@@ -467,7 +637,7 @@ async function listCameras() {
     o.textContent = d.label || `camera ${i + 1}`;
     sel.append(o);
   });
-  sel.value = keep;
+  sel.value = keepValue;
 }
 $("camera").onchange = () => { if (state.running && state.source === "camera") { stopCamera(); startCamera(); } };
 
@@ -491,54 +661,139 @@ async function startCamera() {
   }
   unsay("camera");
   const v = $("video");
+  v.controls = false;
+  v.removeAttribute("src");
   v.srcObject = state.stream;
   v.hidden = false;
   $("still").hidden = true;
+  $("media").dataset.controls = "off";
+  const track = state.stream.getVideoTracks()[0];
+  state.sourceName = track && track.label ? track.label : "camera";
+  showSource();
   await v.play();
   listCameras();
   return true;
 }
+/** Stop the camera's tracks: the camera light goes off. */
 function stopCamera() {
   if (state.stream) state.stream.getTracks().forEach((t) => t.stop());
   state.stream = null;
+  if (state.source === "camera") $("video").srcObject = null;
+}
+
+function showSource() {
+  const camera = state.source === "camera";
+  $("useCamera").hidden = camera;
+  $("playPause").hidden = state.source === "video";  // a video file has its own controls
+  $("sourceLine").textContent = camera
+    ? (state.stream ? `Camera: ${state.sourceName}` : state.everStarted ? "Camera off (paused): Resume turns it on again." : "")
+    : `${state.source === "video" ? "Video" : "Image"} file: ${state.sourceName}`;
+  $("placeholder").hidden = !camera || Boolean(state.stream) || state.everStarted;
 }
 
 $("file").onchange = async () => {
   const f = $("file").files[0];
   if (!f) return;
   stopCamera();
-  const url = URL.createObjectURL(f);
+  if (state.fileUrl) URL.revokeObjectURL(state.fileUrl);
+  state.fileUrl = URL.createObjectURL(f);
+  state.sourceName = f.name;
+  $("caption").textContent = "";
   if (f.type.startsWith("video/")) {
     state.source = "video";
     const v = $("video");
     v.srcObject = null;
-    v.src = url;
+    v.src = state.fileUrl;
     v.loop = true;
+    v.controls = true;
     v.hidden = false;
     $("still").hidden = true;
+    $("media").dataset.controls = "on";
+    showSource();
     await v.play().catch(() => {});
   } else {
     state.source = "image";
-    $("still").src = url;
+    $("still").src = state.fileUrl;
     await $("still").decode();
     $("still").hidden = false;
     $("video").hidden = true;
+    $("media").dataset.controls = "off";
+    showSource();
   }
-  if (!state.running && state.ready) start();
+  if (state.ready && !state.running) start();
 };
 
-async function start() {
-  if (!state.ready) return;
-  if (state.source === "camera" && !state.stream && !(await startCamera())) return;
-  state.running = true;
-  $("toggle").textContent = "Pause";
-  loop();
+// Back to the camera after a file: the file is let go and the camera starts (if captioning is on).
+$("useCamera").onclick = async () => {
+  const v = $("video");
+  v.pause();
+  v.removeAttribute("src");
+  v.load();
+  v.controls = false;
+  $("still").hidden = true;
+  $("still").removeAttribute("src");
+  $("file").value = "";
+  if (state.fileUrl) URL.revokeObjectURL(state.fileUrl);
+  state.fileUrl = null;
+  state.source = "camera";
+  state.sourceName = "";
+  $("media").dataset.controls = "off";
+  $("caption").textContent = "";
+  showSource();
+  if (state.running) {
+    if (!(await startCamera())) pause();
+  } else {
+    start();
+  }
+  $("toggle").focus();
+};
+
+// A video file's own controls drive captioning too: its pause pauses, its play resumes.
+$("video").addEventListener("pause", () => { if (state.source === "video" && state.running) pause(); });
+$("video").addEventListener("play", () => { if (state.source === "video" && !state.running && state.ready) start(); });
+
+function showRunning() {
+  const label = state.running ? "Pause" : (state.captions.length || state.everStarted ? "Resume" : "Start");
+  $("toggle").textContent = label;
+  $("toggle").setAttribute("aria-pressed", state.running ? "true" : "false");
+  $("playPause").setAttribute("aria-label", state.running ? "Pause captioning" : `${label} captioning`);
+  $("playPauseIcon").setAttribute("d", state.running ? "M6 5h4v14H6zM14 5h4v14h-4z" : "M8 5v14l11-7z");
+  $("media").dataset.state = state.running ? "running" : state.everStarted ? "paused" : "idle";
 }
+
+async function start() {
+  if (!state.ready || state.starting) return;
+  state.starting = true;
+  try {
+    if (state.source === "camera" && !state.stream && !(await startCamera())) return;
+    if (state.source === "video" && $("video").paused) await $("video").play().catch(() => {});
+    state.running = true;
+    state.everStarted = true;
+    showRunning();
+    loop();
+  } finally {
+    state.starting = false;
+  }
+}
+/** Pause: no more frames; the camera's track is stopped (Resume asks for it again); a video file pauses. */
 function pause() {
   state.running = false;
-  $("toggle").textContent = "Start";
+  if (state.source === "camera") stopCamera();
+  if (state.source === "video" && !$("video").paused) $("video").pause();
+  showRunning();
+  showSource();
 }
-$("toggle").onclick = () => (state.running ? pause() : start());
+const toggle = () => (state.running ? pause() : start());
+$("toggle").onclick = toggle;
+$("playPause").onclick = toggle;
+// Space pauses and resumes, unless focus is in a field or on a control that uses space itself.
+document.addEventListener("keydown", (e) => {
+  if (e.key !== " " || e.repeat || e.ctrlKey || e.altKey || e.metaKey) return;
+  if (e.target.closest && e.target.closest("input, textarea, select, button, summary, a, video[controls]")) return;
+  if (!state.ready) return;
+  e.preventDefault();
+  toggle();
+});
 
 function frameSource() {
   if (state.source === "image") return $("still");
@@ -557,27 +812,46 @@ async function grab() {
 }
 
 async function loop() {
-  while (state.running) {
-    const interval = settingValue(S.interval_ms.key);
-    const due = performance.now() - state.lastSent >= interval;
-    if (!state.inFlight && !state.switching && due) {
-      const bitmap = await grab().catch(() => null);
-      if (bitmap) {
-        state.inFlight = true;
-        state.lastSent = performance.now();
-        state.frameId += 1;
-        state.current = "";
-        const mediaTime = state.source === "image" ? null : $("video").currentTime;
-        worker.postMessage({ type: IN.frame, id: state.frameId, bitmap, source: state.source, media_time: mediaTime },
-                           [bitmap]);
-        if (state.source === "image" && interval === 0) {
-          // A still image gives the same caption every time: caption it once, then pause.
-          pause();
+  if (state.looping) return;
+  state.looping = true;
+  try {
+    while (state.running) {
+      const interval = settingValue(S.interval_ms.key);
+      const now = performance.now();
+      const due = now - state.lastSent >= interval;
+      if (due && interval > 0 && (state.inFlight || state.switching) && now - state.lastDropped >= interval) {
+        // A frame was due but a caption is still running: that frame is dropped (one per interval missed).
+        countDropped();
+        state.lastDropped = now;
+      }
+      if (!state.inFlight && !state.switching && due) {
+        const bitmap = await grab().catch(() => null);
+        if (bitmap && state.running) {
+          state.inFlight = true;
+          state.lastSent = performance.now();
+          state.lastDropped = state.lastSent;
+          state.frameId += 1;
+          state.current = "";
+          state.live = { firstMs: null };
+          const mediaTime = state.source === "video" ? $("video").currentTime : null;
+          state.sent.set(state.frameId, { source: state.source, name: state.sourceName, media_time: mediaTime });
+          worker.postMessage({ type: IN.frame, id: state.frameId, bitmap, source: state.source, media_time: mediaTime },
+                             [bitmap]);
+          if (state.source === "image" && interval === 0) {
+            // A still image gives the same caption every time: caption it once, then pause.
+            pause();
+          }
+        } else if (bitmap) {
+          bitmap.close();
         }
       }
+      await new Promise((r) => setTimeout(r, 30));
     }
-    await new Promise((r) => setTimeout(r, 30));
+  } finally {
+    state.looping = false;
   }
 }
 
+showRunning();
+showSource();
 listCameras().catch(() => {});

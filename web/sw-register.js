@@ -25,7 +25,8 @@
  *   errors               [{path, message}] integrity failures reported by the worker so far
  *   events               EventTarget: 'integrity-error' | 'stored' | 'storage-full' | 'manifest-updated'
  *                        (event.detail = the worker's message: {kind, path, message, ...})
- *   cacheInfo()          -> {totalFiles, totalBytes, cachedFiles, cachedBytes, missing: [{path, size}]}
+ *   cacheInfo(sel?)      -> {totalFiles, totalBytes, cachedFiles, cachedBytes, missing: [{path, size}]} over `sel`
+ *                        (as precache's: paths, a (path) => boolean filter, or 'all', the default)
  *   estimate()           -> {usage, quota, free} bytes (navigator.storage.estimate; nulls if unavailable)
  *   checkSpace(paths?)   -> {needed, free, ok}: bytes still to download for `paths` (default all) vs free
  *   precache(sel?, {onProgress, concurrency=2, signal}) -> {fetched, skipped, failed: [{path, message}]}
@@ -159,8 +160,8 @@ export async function registerServiceWorker(opts = {}) {
     errors,
     events,
 
-    async cacheInfo() {
-      const files = await readManifest(scopeUrl);
+    async cacheInfo(sel) {
+      const files = selectFiles(await readManifest(scopeUrl), sel);
       const out = {totalFiles: files.length, totalBytes: 0, cachedFiles: 0, cachedBytes: 0, missing: []};
       for (const f of files) {
         out.totalBytes += f.size || 0;

@@ -233,6 +233,7 @@ DEVICE_REASONS = {
     "webgpu": "auto: a hardware WebGPU adapter",
     "no-webgpu": "auto: the browser has no WebGPU",
     "no-adapter": "auto: WebGPU has no adapter",
+    "software-adapter": "auto: the only WebGPU adapter is a software one (fallback adapter, e.g. SwiftShader); wasm is faster",
 }
 
 # ---------------------------------------------------------------- service worker

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import io
 import json
+import os
+import stat
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -13,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .runtime.contract import DEFAULT_PROMPT
 
 # Published variants the native CLI uses for a hub model: q4 MatMulNBits runs well on CPU and is
 # a fraction of the fp32 download.
@@ -25,23 +30,98 @@ VIDEO_SUFFIXES = frozenset(
 )
 
 
-def load_image(path: Path) -> np.ndarray:
-    """Decode an image file to an RGB or RGBA uint8 array (EXIF rotation applied, like transformers)."""
+# Images above this many pixels are refused before they are decoded (a 10,000 x 10,000 PNG of a few hundred
+# kB decodes to 400 MB): the model sees at most a few megapixels anyway. ``--max-pixels`` raises it.
+DEFAULT_MAX_PIXELS = 100_000_000
+STDIN = Path("-")  # an input or prompt file named "-" is read from standard input
+
+
+def _read_stream(path: Path) -> bytes:
+    """All bytes of standard input ("-"), a pipe or a device: they can be read only once, so read them now."""
+    if path == STDIN:
+        return sys.stdin.buffer.read()
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _is_stream(path: Path) -> bool:
+    if path == STDIN:
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
+def load_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, data: bytes | None = None) -> np.ndarray:
+    """Decode an image file (or ``data`` read from it) to an RGB or RGBA uint8 array, EXIF rotation applied as
+    transformers does. Images of more than ``max_pixels`` pixels are refused from their header, before decoding."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    if not path.is_file():
-        raise InputError(f"Image {path} does not exist.")
-    if path.stat().st_size == 0:
-        raise InputError(f"Image {path} is an empty file; pass a PNG, JPEG, WebP or other image file.")
+    name = "standard input" if path == STDIN else str(path)
+    if data is None and _is_stream(path):
+        data = _read_stream(path)
+    if data is None and not path.is_file():
+        raise InputError(f"Image {name} does not exist.")
+    if (len(data) if data is not None else path.stat().st_size) == 0:
+        raise InputError(f"Image {name} is empty; pass a PNG, JPEG, WebP or other image file.")
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # our own limit below, with our own words
     try:
-        with Image.open(path) as opened:
+        with Image.open(io.BytesIO(data) if data is not None else path) as opened:
+            width, height = opened.size
+            if width * height > max_pixels:
+                raise InputError(
+                    f"Image {name} is {width}x{height} = {width * height:,} pixels, above the limit of {max_pixels:,} "
+                    "(a guard against decompression bombs); pass a smaller image, or raise the limit with --max-pixels."
+                )
             img = ImageOps.exif_transpose(opened)
             has_alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
             return np.asarray(img.convert("RGBA" if has_alpha else "RGB"))
+    except InputError:
+        raise
     except UnidentifiedImageError:
-        raise InputError(f"{path} is not an image Pillow can read; pass a PNG, JPEG, WebP or other image file.") from None
-    except (OSError, SyntaxError) as exc:
-        raise InputError(f"{path} could not be decoded ({exc}); the file may be truncated.") from None
+        raise InputError(f"{name} is not an image Pillow can read; pass a PNG, JPEG, WebP or other image file.") from None
+    except MemoryError:
+        raise InputError(f"Image {name} is too large to decode in memory; pass a smaller image.") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{name} could not be decoded ({exc}); the file may be truncated.") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
+    """The prompt text from ``--prompt`` or ``--prompt-file`` (UTF-8, "-" = standard input), or a clear refusal."""
+    if prompt is not None and prompt_file is not None:
+        raise InputError("Pass either --prompt or --prompt-file, not both.")
+    if prompt_file is not None:
+        name = "standard input" if prompt_file == STDIN else str(prompt_file)
+        if prompt_file != STDIN and prompt_file.is_dir():
+            raise InputError(f"--prompt-file {name} is a folder; pass a text file.")
+        if prompt_file != STDIN and not prompt_file.exists():
+            raise InputError(f"--prompt-file {name} does not exist.")
+        raw = _read_stream(prompt_file)
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"--prompt-file {name} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+                             f"{exc.start}); save it as UTF-8.") from None
+        return text.rstrip("\r\n")
+    if prompt is None:
+        return DEFAULT_PROMPT
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:  # the shell passed bytes that are not UTF-8 (Python kept them as surrogates)
+        raw = os.fsencode(prompt)
+        try:
+            raw.decode("utf-8")
+            offset, byte = -1, 0
+        except UnicodeDecodeError as exc:
+            offset, byte = exc.start, raw[exc.start]
+        where = f" (byte 0x{byte:02x} at offset {offset})" if offset >= 0 else ""
+        raise InputError(f"--prompt is not valid UTF-8{where}; pass UTF-8 text, or put it in a file for "
+                         "--prompt-file.") from None
+    return prompt
 
 
 def resolve_model_dir(model_dir: Path | None, repo_id: str | None, revision: str | None) -> tuple[Path, dict[str, str]]:
@@ -92,7 +172,20 @@ def check_inputs(paths: Sequence[Path]) -> None:
     """Fail before the model loads when an input is missing, empty or a folder."""
     if not paths:
         raise InputError("No input given: pass one or more image or video files.")
+    if sum(p == STDIN for p in paths) > 1:
+        raise InputError('Standard input ("-") can be read once; pass it as one input at most.')
     for path in paths:
+        if path != STDIN and path.is_symlink() and not path.exists():
+            try:
+                os.stat(path)
+                what = "cannot be followed"
+            except OSError as exc:
+                what = "points back to itself (a loop)" if exc.errno == errno.ELOOP else f"points to nothing ({exc.strerror})"
+            raise InputError(f"{path} is a symbolic link that {what}; fix the link or pass the file itself.")
+        if _is_stream(path):
+            if is_video(path):
+                raise InputError(f"Video {path} is a pipe; pass video files by path (images may come from a pipe).")
+            continue  # a pipe or standard input: read when its turn comes
         if not path.is_file():
             what = "is a folder" if path.is_dir() else "does not exist"
             raise InputError(f"{'Video' if is_video(path) else 'Image'} {path} {what}; pass image or video files.")
@@ -157,13 +250,18 @@ def video_frames(path: Path, every: float) -> Iterator[Frame]:
         raise InputError(f"{path} has no decodable frames; pass a video file with pictures, or images.")
 
 
-def iter_frames(paths: Sequence[Path], every: float) -> Iterator[Frame]:
-    """The stream's frames, in input order: one per image, a video's frames every ``every`` seconds."""
-    for path in paths:
+def iter_frames(paths: Sequence[Path], every: float, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                first: np.ndarray | None = None) -> Iterator[Frame]:
+    """The stream's frames, in input order: one per image, a video's frames every ``every`` seconds.
+
+    ``first``: the first input's pixels when already decoded (a pipe cannot be read twice)."""
+    for index, path in enumerate(paths):
         if is_video(path):
             yield from video_frames(path, every)
+        elif index == 0 and first is not None:
+            yield Frame(path, first)
         else:
-            yield Frame(path, load_image(path))
+            yield Frame(path, load_image(path, max_pixels=max_pixels))
 
 
 async def _caption_stream(
@@ -175,6 +273,8 @@ async def _caption_stream(
     as_json: bool,
     speculative: bool,
     settings: Any,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    first: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     from .runtime.generate import Captioner
     from .runtime.native import NativeBackend
@@ -189,7 +289,7 @@ async def _caption_stream(
         sys.stdout.flush()
 
     results: list[dict[str, Any]] = []
-    for index, frame in enumerate(iter_frames(paths, every)):
+    for index, frame in enumerate(iter_frames(paths, every, max_pixels=max_pixels, first=first)):
         if labelled and not as_json:
             at = f" @ {frame.time_s:g}s" if frame.time_s is not None else ""
             sys.stdout.write(f"{frame.path}{at}: ")
@@ -216,10 +316,12 @@ def caption_files(
     model_dir: Path | None = None,
     repo_id: str | None = None,
     revision: str | None = None,
-    prompt: str = "Describe this image.",
+    prompt: str | None = None,
+    prompt_file: Path | None = None,
     as_json: bool = False,
     every: float = 1.0,
     speculative: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     **sampling: Any,
 ) -> list[dict[str, Any]]:
     """Caption ``inputs`` in order as one stream (video files give a frame every ``every`` seconds).
@@ -230,17 +332,23 @@ def caption_files(
     """
     from .runtime.sampling import SamplingSettings
 
-    if not prompt.strip():
+    text = read_prompt(prompt, prompt_file)
+    if not text.strip():
         raise InputError("The prompt is empty; pass --prompt TEXT.")
     if every <= 0:
         raise InputError("--every must be a positive number of seconds.")
+    if max_pixels < 1:
+        raise InputError("--max-pixels must be a positive number of pixels.")
     settings = SamplingSettings(**sampling)
     paths = [Path(p) for p in inputs]
+    if prompt_file == STDIN and STDIN in paths:
+        raise InputError('Standard input ("-") cannot be both the prompt file and an image.')
     check_inputs(paths)
-    if not is_video(paths[0]):
-        load_image(paths[0])  # an unreadable first image fails before the model loads
+    # An unreadable first image fails before the model loads (and a piped one is read only once).
+    first = None if is_video(paths[0]) else load_image(paths[0], max_pixels=max_pixels)
     directory, precision = resolve_model_dir(model_dir, repo_id, revision)
-    return asyncio.run(_caption_stream(paths, every, directory, precision, prompt, as_json, speculative, settings))
+    return asyncio.run(_caption_stream(paths, every, directory, precision, text, as_json, speculative, settings,
+                                       max_pixels, first))
 
 
 def caption_file(image: Path, **options: Any) -> dict[str, Any]:

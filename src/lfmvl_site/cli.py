@@ -15,13 +15,29 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import LfmvlError
+from .caption import DEFAULT_MAX_PIXELS
+from .errors import LfmvlError, describe_os_error
 from .model.options import model_options
+from .runtime.contract import DEFAULT_PROMPT
+from .runtime.sampling import SamplingSettings
+
+_SAMPLING = SamplingSettings()  # the runtime's defaults, shown by --help
+
+def _replace_unencodable_output() -> None:
+    """A terminal or pipe whose encoding cannot show a caption's characters gets replacements, not a crash."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="replace")
+            except (ValueError, OSError):
+                pass
 
 
 def _clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _replace_unencodable_output()
         try:
             return fn(*args, **kwargs)
         except LfmvlError as exc:
@@ -30,6 +46,12 @@ def _clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
+        except BrokenPipeError:  # the reader went away (`| head`): stop quietly, like other tools
+            sys.stderr.close()
+            sys.exit(141)
+        except OSError as exc:
+            click.echo(f"Error: {describe_os_error(exc)}", err=True)
+            sys.exit(1)
 
     return wrapper
 
@@ -69,13 +91,22 @@ def synth_model(out_dir: Path, seed: int, size: str, layout: str | None) -> None
 @click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path), help="A local model directory.")
 @click.option("--model", "repo_id", help="A Hugging Face repo id, e.g. LiquidAI/LFM2.5-VL-1.6B-ONNX.")
 @click.option("--revision", help="Hub revision (branch, tag or commit) with --model.")
-@click.option("--prompt", default="Describe this image.", show_default=True)
-@click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=64, show_default=True)
-@click.option("--temperature", type=click.FloatRange(0.0), default=0.0, show_default=True, help="0 = greedy.")
-@click.option("--top-k", type=click.IntRange(0), default=0, show_default=True)
-@click.option("--min-p", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True)
-@click.option("--repetition-penalty", type=click.FloatRange(0.0, min_open=True), default=1.0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option("--prompt", default=None, show_default=DEFAULT_PROMPT, help="The instruction sent with each image.")
+@click.option("--prompt-file", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), default=None,
+              help="Read the prompt from a UTF-8 file ('-' = standard input) instead of --prompt.")
+@click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=_SAMPLING.max_new_tokens, show_default=True,
+              help="Most tokens per caption (prompt + these must fit the model's context).")
+@click.option("--temperature", type=click.FloatRange(0.0), default=_SAMPLING.temperature, show_default=True,
+              help="0 = greedy.")
+@click.option("--top-k", type=click.IntRange(0), default=_SAMPLING.top_k, show_default=True,
+              help="Sample from the k most likely tokens only (0 = no limit; needs --temperature > 0).")
+@click.option("--min-p", type=click.FloatRange(0.0, 1.0), default=_SAMPLING.min_p, show_default=True,
+              help="Drop tokens less likely than this fraction of the most likely one (0 = off).")
+@click.option("--repetition-penalty", type=click.FloatRange(0.0, min_open=True), default=_SAMPLING.repetition_penalty,
+              show_default=True, help="Above 1 makes tokens already in the prompt or caption less likely (1 = off).")
+@click.option("--seed", type=int, default=_SAMPLING.seed, show_default=True, help="Sampling seed.")
+@click.option("--max-pixels", type=click.IntRange(1), default=None, show_default=f"{DEFAULT_MAX_PIXELS:,}",
+              help="Refuse images with more pixels than this (a guard against decompression bombs).")
 @click.option("--every", type=click.FloatRange(0.0, min_open=True), default=1.0, show_default=True,
               help="Seconds between the frames taken from a video input (needs PyAV: pip install av).")
 @click.option("--speculative/--no-speculative", default=True, show_default=True,
@@ -86,9 +117,13 @@ def synth_model(out_dir: Path, seed: int, size: str, layout: str | None) -> None
 @_clean_errors
 def caption(inputs: tuple[Path, ...], model_dir: Path | None, repo_id: str | None, revision: str | None,
             as_json: bool, **gen: Any) -> None:
-    """Caption images (and video frames) in order as one stream, natively on onnxruntime (the page's runtime)."""
+    """Caption images (and video frames) in order as one stream, natively on onnxruntime (the page's runtime).
+
+    An IMAGE may be '-' (standard input) or a pipe."""
     from .caption import caption_files
 
+    if gen.get("max_pixels") is None:
+        gen["max_pixels"] = DEFAULT_MAX_PIXELS
     caption_files(list(inputs), model_dir=model_dir, repo_id=repo_id, revision=revision, as_json=as_json, **gen)
 
 
@@ -110,12 +145,13 @@ def build(out: Path, pyodide_dir: Path | None, model_options: Any) -> None:
 
 @main.command()
 @click.argument("directory", required=False, default="dist", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on: 127.0.0.1 for this machine only, 0.0.0.0 for every network interface.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on.")
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in a browser.")
 @_clean_errors
 def serve(directory: Path, host: str, port: int, open_browser: bool) -> None:
-    """Preview a built site with the headers it needs (COOP/COEP/CORP, MIME, Range)."""
+    """Preview a built site (DIRECTORY, default: dist) with the headers it needs (COOP/COEP/CORP, MIME, Range)."""
     from .serve import serve as run_server
 
     run_server(directory, host=host, port=port, open_browser=open_browser)

@@ -7,6 +7,8 @@ runtime (which raises these too, inside Pyodide) does not need it.
 
 from __future__ import annotations
 
+import errno
+
 
 class LfmvlError(Exception):
     """Base class for errors a user can act on."""
@@ -36,3 +38,31 @@ class AssetError(LfmvlError, RuntimeError):
 
 class Cancelled(LfmvlError):
     """Generation was cancelled by the caller (e.g. the prompt changed)."""
+
+
+# What to do about an operating-system error, by errno (the message names the file and the problem).
+_OS_FIXES = {
+    errno.ENOSPC: "free some disk space and run again",
+    errno.EDQUOT: "free some space within your disk quota and run again",
+    errno.EACCES: "check its permissions, or choose a path you can write to",
+    errno.EPERM: "check its permissions, or choose a path you can write to",
+    errno.EROFS: "choose a path on a writable file system",
+    errno.ENOENT: "check the path",
+    errno.ELOOP: "a symbolic link points back to itself; fix or remove the link",
+    errno.EISDIR: "a folder is where a file was expected; pass a file",
+    errno.ENOTDIR: "part of the path is a file, not a folder; check the path",
+    errno.ENAMETOOLONG: "choose a shorter path",
+    errno.EMFILE: "raise the open-file limit (ulimit -n) and run again",
+}
+
+# Errors of the machine's storage rather than of a network or an input: report them as such.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line naming the file(s), the problem and the fix, e.g. ``dist/x: No space left on device; free ...``."""
+    problem = exc.strerror or str(exc) or type(exc).__name__
+    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+    where = f"{' -> '.join(names)}: " if names else ""
+    fix = _OS_FIXES.get(exc.errno or -1, "check the path and try again")
+    return f"{where}{problem}; {fix}."

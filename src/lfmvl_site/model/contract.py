@@ -91,9 +91,9 @@ def check_model(role: str, model: onnx.ModelProto, *, file: str | Path, hidden_s
 
 
 def _expect(problems: list[str], what: str, t: TensorInfo | None, dtype: str, rank: int,
-            last: int | None = None) -> None:
+            last: int | None = None, *, name: str | None = None) -> None:
     if t is None:
-        problems.append(f"missing {what}")
+        problems.append(f"missing {what}" + (f" {name!r}" if name else ""))
         return
     if t.dtype != dtype:
         problems.append(f"{what} {t.name!r} is {t.dtype}, expected {dtype}")
@@ -116,18 +116,18 @@ def _unexpected(problems: list[str], kind: str, names: Sequence[str], allowed: s
 def _embed_tokens(inputs: list[TensorInfo], outputs: list[TensorInfo], problems: list[str],
                   hidden: int | None, _lt: Any) -> None:
     ins = _by_name(inputs)
-    _expect(problems, "input", ins.get("input_ids"), "int64", 2)
+    _expect(problems, "input", ins.get("input_ids"), "int64", 2, name="input_ids")
     _unexpected(problems, "input", [t.name for t in inputs], {"input_ids"})
     outs = _by_name(outputs)
-    _expect(problems, "output", outs.get("inputs_embeds"), "float32", 3, hidden)
+    _expect(problems, "output", outs.get("inputs_embeds"), "float32", 3, hidden, name="inputs_embeds")
 
 
 def _embed_images(inputs: list[TensorInfo], outputs: list[TensorInfo], problems: list[str],
                   hidden: int | None, _lt: Any) -> None:
     ins = _by_name(inputs)
-    _expect(problems, "input", ins.get("pixel_values"), "float32", 3, 768)
-    _expect(problems, "input", ins.get("pixel_attention_mask"), "int64", 2)
-    _expect(problems, "input", ins.get("spatial_shapes"), "int64", 2, 2)
+    _expect(problems, "input", ins.get("pixel_values"), "float32", 3, 768, name="pixel_values")
+    _expect(problems, "input", ins.get("pixel_attention_mask"), "int64", 2, name="pixel_attention_mask")
+    _expect(problems, "input", ins.get("spatial_shapes"), "int64", 2, 2, name="spatial_shapes")
     _unexpected(problems, "input", [t.name for t in inputs], {"pixel_values", "pixel_attention_mask", "spatial_shapes"})
     # The runtime reads the image features by position (the name drifted across exporter versions).
     _expect(problems, "output #0 (image features)", outputs[0] if outputs else None, "float32", 2, hidden)
@@ -136,11 +136,11 @@ def _embed_images(inputs: list[TensorInfo], outputs: list[TensorInfo], problems:
 def _decoder(inputs: list[TensorInfo], outputs: list[TensorInfo], problems: list[str],
              hidden: int | None, layer_types: Sequence[str] | None) -> None:
     ins, outs = _by_name(inputs), _by_name(outputs)
-    _expect(problems, "input", ins.get("inputs_embeds"), "float32", 3, hidden)
-    _expect(problems, "input", ins.get("attention_mask"), "int64", 2)
+    _expect(problems, "input", ins.get("inputs_embeds"), "float32", 3, hidden, name="inputs_embeds")
+    _expect(problems, "input", ins.get("attention_mask"), "int64", 2, name="attention_mask")
     if "position_ids" in ins:  # older exports only; optional
         _expect(problems, "input", ins["position_ids"], "int64", 2)
-    _expect(problems, "output", outs.get("logits"), "float32", 3)
+    _expect(problems, "output", outs.get("logits"), "float32", 3, name="logits")
     if "next_token" in outs:  # in-graph greedy argmax (model/optimize.py)
         _expect(problems, "output", outs["next_token"], "int64", 1)
 
@@ -151,12 +151,14 @@ def _decoder(inputs: list[TensorInfo], outputs: list[TensorInfo], problems: list
         if m := _CONV_IN.match(t.name):
             conv_layers.add(int(m.group(1)))
             _expect(problems, "input", t, "float32", 3, None)
-            _expect(problems, "output", outs.get(f"present_conv.{m.group(1)}"), "float32", 3)
+            present = f"present_conv.{m.group(1)}"
+            _expect(problems, "output", outs.get(present), "float32", 3, name=present)
             allowed.add(t.name)
         elif m := _KV_IN.match(t.name):
             kv_layers.setdefault(int(m.group(1)), set()).add(m.group(2))
             _expect(problems, "input", t, "float32", 4)
-            _expect(problems, "output", outs.get(f"present.{m.group(1)}.{m.group(2)}"), "float32", 4)
+            present = f"present.{m.group(1)}.{m.group(2)}"
+            _expect(problems, "output", outs.get(present), "float32", 4, name=present)
             allowed.add(t.name)
     _unexpected(problems, "input", [t.name for t in inputs], allowed)
     for layer, parts in sorted(kv_layers.items()):

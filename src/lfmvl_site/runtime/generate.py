@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import Cancelled, ContractError
+from ..errors import Cancelled, ContractError, InputError
 from .backend import Backend, Session, TensorInfo
 from .modelconfig import TextModelConfig, parse_json
 from .preprocess import ImageInputs, ProcessorConfig, preprocess
@@ -231,6 +231,7 @@ class Captioner:
     # -- stages -------------------------------------------------------------------------
 
     def prompt_ids(self, prompt: str, image_inputs: ImageInputs) -> list[int]:
+        check_prompt_text(prompt)
         return build_prompt_ids(
             self.tokenizer,
             self.chat_template,
@@ -239,6 +240,15 @@ class Captioner:
             special_tokens=self.special_tokens,
             image_special_tokens=self.image_special_tokens,
         )
+
+    def check_context(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        """Refuse a prompt that, with the tokens asked for, does not fit the model's context."""
+        limit = self.text_config.context
+        if limit is not None and prompt_tokens + max_new_tokens > limit:
+            raise InputError(
+                f"The prompt is {prompt_tokens} tokens (image included) and {max_new_tokens} more were asked for, "
+                f"but the model's context is {limit} tokens; shorten the prompt or lower max new tokens."
+            )
 
     async def embed(self, ids: Sequence[int]) -> np.ndarray:
         feeds = {"input_ids": np.asarray([ids], dtype=np.int64)}
@@ -333,6 +343,7 @@ class Captioner:
         start = _now()
         ids = self.prompt_ids(prompt, inputs)
         t.prompt_ms = _now() - start
+        self.check_context(len(ids), settings.max_new_tokens)
         cancel.check()
 
         start = _now()
@@ -561,3 +572,14 @@ class Captioner:
             setattr(state.totals, name, getattr(state.totals, name) + getattr(stats, name))
         final = self.tokenizer.decode(generated)
         return CaptionResult(final, generated, list(prompt_ids), stop_reason, t, stats, speculative=True)
+
+
+def check_prompt_text(prompt: str) -> None:
+    """Refuse text that is not Unicode (lone surrogates: undecodable bytes from a shell, or a broken JS string)."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(
+            f"The prompt is not valid text: character {exc.start} is an undecodable byte or half of a surrogate "
+            f"pair ({prompt[exc.start]!r}); pass the prompt as UTF-8."
+        ) from None

@@ -31,6 +31,7 @@ class TextModelConfig:
     image_token_id: int
     eos_token_ids: tuple[int, ...]
     bos_token_id: int | None
+    context: int | None = None  # max_position_embeddings: prompt + new tokens must fit
 
     @classmethod
     def from_texts(cls, config_json: str, generation_config_json: str | None) -> TextModelConfig:
@@ -50,4 +51,6 @@ class TextModelConfig:
         if not eos_ids:
             raise ContractError("generation_config.json names no eos_token_id; generation could never stop.")
         bos = gen.get("bos_token_id", text.get("bos_token_id"))
-        return cls(hidden, vocab, image_token_id, eos_ids, None if bos is None else int(bos))
+        context = text.get("max_position_embeddings")
+        return cls(hidden, vocab, image_token_id, eos_ids, None if bos is None else int(bos),
+                   context=int(context) if isinstance(context, int) and context > 0 else None)

@@ -35,8 +35,9 @@ def _info(arg: Any) -> TensorInfo:
 
 
 class NativeSession(Session):
-    def __init__(self, session: Any) -> None:
+    def __init__(self, session: Any, path: Path | None = None) -> None:
         self._session = session
+        self.path = path
         self.inputs = [_info(a) for a in session.get_inputs()]
         self.outputs = [_info(a) for a in session.get_outputs()]
 
@@ -44,7 +45,15 @@ class NativeSession(Session):
         self, feeds: Mapping[str, Any], *, read: Sequence[str], keep: Sequence[str] = ()
     ) -> dict[str, Any]:
         names = list(dict.fromkeys([*read, *keep]))
-        values = self._session.run(names, dict(feeds))
+        try:
+            values = self._session.run(names, dict(feeds))
+        except Exception as exc:  # onnxruntime's own Fail/InvalidArgument/RuntimeException types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            shapes = ", ".join(f"{k} {getattr(v, 'dtype', '?')}{list(getattr(v, 'shape', ()))}" for k, v in feeds.items())
+            raise ContractError(
+                f"onnxruntime could not run {self.path or 'a graph'} ({first[:300]}) on inputs {shapes[:300]}; "
+                "the graph does not fit this runtime: use a published LFM2.5-VL export or rebuild the model."
+            ) from None
         return dict(zip(names, values, strict=True))
 
 
@@ -125,7 +134,22 @@ class NativeBackend(Backend):
                 f"{path} could not be loaded ({first[:300]}); the file or its .onnx_data may be truncated or "
                 "corrupt: delete it and download or rebuild the model."
             ) from None
-        return NativeSession(session)
+        native = NativeSession(session, path)
+        self._check_contract(graph, native, path)
+        return native
+
+    def _check_contract(self, role: str, session: NativeSession, path: Path) -> None:
+        """The build's graph contract (model/contract.py), so ``caption`` refuses what ``build`` refuses."""
+        from ..model.contract import check_io
+
+        try:
+            cfg = json.loads((self.root / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            cfg = {}  # the loader reports a missing or broken config.json by itself
+        text = cfg.get("text_config", cfg) if isinstance(cfg, dict) else {}
+        hidden = text.get("hidden_size") if isinstance(text.get("hidden_size"), int) else None
+        layers = text.get("layer_types") if isinstance(text.get("layer_types"), list) else None
+        check_io(role, session.inputs, session.outputs, file=path, hidden_size=hidden, layer_types=layers)
 
     def describe(self) -> str:
         return f"{self.name} from {self.root}"

@@ -35,6 +35,7 @@ from typing import Any
 from ..config import cache_dir
 from ..errors import AssetError
 from .fetch import (
+    CacheWriteError,
     FetchFailed,
     Progress,
     download,
@@ -345,6 +346,8 @@ def fetch_pyodide(mirror: Path | None = None, progress: Progress = stderr_progre
             path, origin = _first(entry["file_name"], sources, progress)
             packages.append((dict(entry), Asset(path.name, path, entry["sha256"], origin)))
             continue
+        except CacheWriteError:
+            raise
         except AssetError as exc:
             official_error = exc
         try:

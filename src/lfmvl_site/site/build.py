@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import __version__
 from ..config import pyodide_dir_from_env
-from ..errors import BuildError, LfmvlError
+from ..errors import BuildError, LfmvlError, describe_os_error
 from ..runtime import contract
 from . import assets, output
 from .fetch import Progress, quiet, sha256_file, stderr_progress
@@ -69,6 +69,9 @@ def build_site(
             removed = staging is None or not staging.exists() or output.remove_tree(staging, say, "the build's staging folder")
             if removed and isinstance(exc, output.Terminated):
                 say(f"Stopped by {exc}; removed the build's staging folder, {out} left as it was.")
+            if isinstance(exc, OSError):
+                left = f"{out} was left as it was" if removed else "its staging folder could not be removed"
+                raise BuildError(f"Could not write the site next to {out}: {describe_os_error(exc)} ({left})") from exc
             raise
     say(f"Built {out} in {time.monotonic() - t0:.1f} s ({manifest['total_bytes'] / 1e6:.1f} MB).")
     return manifest

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..errors import STORAGE_ERRNOS, AssetError, describe_os_error
+
 Progress = Callable[[str], None]
 
 USER_AGENT = "lfmvl-site (+https://github.com/)"
@@ -50,6 +52,10 @@ def sri_matches(path: Path, integrity: str) -> bool:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return base64.b64encode(h.digest()).decode() == b64
+
+
+class CacheWriteError(AssetError):
+    """The download cache could not be written (disk full, read-only): no other source would help."""
 
 
 class FetchFailed(Exception):
@@ -85,6 +91,8 @@ def download(url: str, dest: Path, *, check: Callable[[Path], bool], progress: P
                     progress(f"  {label}: {done / 1e6:.1f} MB{pct}")
     except (urllib.error.URLError, OSError, ValueError) as exc:
         part.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, urllib.error.URLError) and exc.errno in STORAGE_ERRNOS:
+            raise CacheWriteError(f"Could not write the download cache {dest.parent}: {describe_os_error(exc)}") from None
         raise FetchFailed(f"{url}: {_reason(exc)}") from exc
     if not check(part):
         part.unlink(missing_ok=True)

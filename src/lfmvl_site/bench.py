@@ -35,6 +35,7 @@ import numpy as np
 
 from .config import chromium_path
 from .errors import InputError
+from .runtime.contract import DEFAULT_PROMPT
 from .serve import serving
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,7 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 SECTIONS = ("preprocess", "loop", "graphopt", "start")
 SIZES = {"640x480": (640, 480), "1280x720": (1280, 720), "1920x1080": (1920, 1080)}
-PROMPT = "Describe this image."
+PROMPT = DEFAULT_PROMPT
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 # Decoder variants of the graph-optimization table: which of the build's optimizations each one applies.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import errno
-import hashlib
 import json
 import logging
 import shutil
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BuildError, ModelFileError
+from ..files import replace_dir, sha256_file
+from ..runtime.layout import ROLES
 from . import attention, contract, optimize, quantize
 from .options import ModelBuildOptions
 from .resolve import CONFIG_FILES, REQUIRED_CONFIG_FILES, Source, graph_relpath, load_graph, open_source
@@ -31,7 +32,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = 1
-ROLES = ("embed_tokens", "embed_images", "decoder")
 
 # Variants shipped per chosen precision, in order of preference. fp16 programs need the WebGPU feature
 # shader-f16; without it the page takes the next variant. q4 is MatMulNBits on fp32 activations (no f16
@@ -207,9 +207,8 @@ def _write(dest: Path, options: ModelBuildOptions, source: Source, variants: lis
 def _file_list(root: Path) -> list[dict[str, Any]]:
     files: list[dict[str, Any]] = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        with open(path, "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
-        files.append({"path": path.relative_to(root).as_posix(), "size": path.stat().st_size, "sha256": digest})
+        files.append({"path": path.relative_to(root).as_posix(), "size": path.stat().st_size,
+                      "sha256": sha256_file(path)})
     files.sort(key=lambda e: e["path"])
     return files
 
@@ -218,14 +217,6 @@ def _swap_into_place(staging: Path, dest: Path) -> None:
     """Replace ``dest`` by ``staging`` with renames; on failure the old ``dest`` is put back."""
     if dest.exists() and not dest.is_dir():
         raise BuildError(f"{dest} exists and is not a directory; move it away and build again.")
-    old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}") if dest.exists() else None
-    if old is not None:
-        dest.rename(old)
-    try:
-        staging.rename(dest)
-    except BaseException:
-        if old is not None:
-            old.rename(dest)
-        raise
-    if old is not None:
+    old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
+    if replace_dir(staging, dest, old):
         shutil.rmtree(old, ignore_errors=True)

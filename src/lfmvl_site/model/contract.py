@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ContractError
 from ..runtime.backend import Dim, TensorInfo
+from ..runtime.layout import ROLES
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
-ROLES = ("embed_tokens", "embed_images", "decoder")
 
 _CONV_IN = re.compile(r"past_conv\.(\d+)$")
 _KV_IN = re.compile(r"past_key_values\.(\d+)\.(key|value)$")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BuildError, ModelFileError
+from ..files import file_digest, sha256_file
 from ..runtime.layout import (
     DEFAULT_LAYOUT,
     SUFFIXES,
@@ -190,11 +191,10 @@ def verify_etag(path: Path, relpath: str) -> None:
     """Compare a cached hub file with its ETag (the blob's name in the huggingface_hub cache)."""
     etag = Path(os.path.realpath(path)).name
     if _SHA256.fullmatch(etag):
-        digest = _file_digest(path, hashlib.sha256())
+        digest = sha256_file(path)
     elif _SHA1.fullmatch(etag):
-        h = hashlib.sha1()  # noqa: S324 - git blob id, not security
-        h.update(b"blob %d\0" % path.stat().st_size)
-        digest = _file_digest(path, h)
+        header = b"blob %d\0" % path.stat().st_size
+        digest = file_digest(path, lambda: hashlib.sha1(header))  # noqa: S324 - git blob id, not security
     else:
         return  # an ETag we cannot interpret (not from the hub's git/LFS storage): nothing to compare
     if digest != etag:
@@ -202,13 +202,6 @@ def verify_etag(path: Path, relpath: str) -> None:
             f"{relpath} in the hub cache ({os.path.realpath(path)}) does not match its hash {etag} (got {digest}): "
             "the download is truncated or corrupt. Delete that file and run the build again."
         )
-
-
-def _file_digest(path: Path, h: Any) -> str:
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _commit_of(snapshot_file: Path) -> str | None:

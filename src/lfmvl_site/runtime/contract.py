@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import Cancelled, ContractError, InputError, LfmvlError, ModelFileError
+from .layout import ROLES
 
 VERSION = 1
 CONTRACT_JS = "contract.js"  # the file the build renders into dist/
@@ -262,7 +263,7 @@ MODEL_MANIFEST_FORMAT = 1
 FILE_FIELDS = {"path": "string", "size": "number", "sha256": "string"}
 # Model-manifest variant fields the page and the native backend read.
 VARIANT_FIELDS = {"precision": "string", "file": "string", "needs": "list", "external_data": "list"}
-GRAPH_ROLES = ("embed_tokens", "embed_images", "decoder")
+GRAPH_ROLES = ROLES  # runtime/layout.py
 
 
 def _fail(what: str, problem: str) -> ContractError:

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import Cancelled, ContractError, InputError
 from .backend import Backend, Session, TensorInfo
+from .contract import DEFAULT_PROMPT
 from .modelconfig import TextModelConfig, parse_json
 from .preprocess import ImageInputs, ProcessorConfig, preprocess
 from .prompt import build_prompt_ids, load_chat_template, template_tokens
@@ -319,7 +320,7 @@ class Captioner:
     async def caption(
         self,
         image: np.ndarray,
-        prompt: str = "Describe this image.",
+        prompt: str = DEFAULT_PROMPT,
         *,
         settings: SamplingSettings | None = None,
         on_token: TokenCallback | None = None,

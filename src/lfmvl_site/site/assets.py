@@ -34,13 +34,13 @@ from typing import Any
 
 from ..config import cache_dir
 from ..errors import AssetError
+from ..files import sha256_file
 from .fetch import (
     CacheWriteError,
     FetchFailed,
     Progress,
     download,
     get_json,
-    sha256_file,
     sri_matches,
     stderr_progress,
 )

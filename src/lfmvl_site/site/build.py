@@ -19,9 +19,10 @@ from typing import Any
 from .. import __version__
 from ..config import pyodide_dir_from_env
 from ..errors import BuildError, LfmvlError, describe_os_error
+from ..files import sha256_file
 from ..runtime import contract
 from . import assets, output
-from .fetch import Progress, quiet, sha256_file, stderr_progress
+from .fetch import Progress, quiet, stderr_progress
 from .wheel import runtime_wheel
 
 # Every file of web/ is shipped as it is, except the templates, which are rendered.

@@ -36,14 +36,6 @@ def quiet(_: str) -> None:
     """Progress sink that drops everything."""
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def sri_matches(path: Path, integrity: str) -> bool:
     """Check a file against an npm/SRI ``sha512-<base64>`` integrity string."""
     algo, _, b64 = integrity.partition("-")

@@ -25,6 +25,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import BuildError
+from ..files import replace_dir
 
 MARKER = ".lfmvl-site-build.json"
 GENERATOR = "lfmvl-site"
@@ -188,18 +189,10 @@ def swap_into_place(staging: Path, out: Path, say: Callable[[str], None]) -> Non
     """Replace ``out`` by ``staging`` with renames only; the old build survives until the new one is in place."""
     check_out(out)  # again: the folder may have changed during the build
     write_marker(staging, "built")
-    old = None
-    if out.exists():
-        old = old_name(out)
-        os.replace(out, old)
-    try:
-        os.replace(staging, out)
-    except OSError:
-        if old is not None:
-            os.replace(old, out)
-        raise
+    old = old_name(out)
+    moved = replace_dir(staging, out, old)
     os.chmod(out, 0o755)
-    if old is not None:
+    if moved:
         remove_tree(old, say, "the previous build")
 
 

@@ -38,7 +38,7 @@ def _clean_failure(proc: subprocess.CompletedProcess[bytes], *words: str) -> str
     err = proc.stderr.decode("utf-8", "replace")
     assert proc.returncode not in (0, None), err
     assert "Traceback" not in err, err
-    lines = [line for line in err.strip().splitlines() if line.strip() and not line.startswith(("[", "  "))]
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("[", "  "))]  # minus progress
     assert len(lines) == 1 and lines[0].startswith("Error: "), err
     for word in words:
         assert word in lines[0], lines[0]

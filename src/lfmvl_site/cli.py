@@ -34,6 +34,20 @@ def _replace_unencodable_output() -> None:
                 pass
 
 
+def _verbosity(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``-v``/``-q`` on every command: they set what lfmvl_site/log.py shows on stderr."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, verbose: int = 0, quiet: bool = False, **kwargs: Any) -> Any:
+        from . import log
+
+        log.setup(-1 if quiet else verbose)
+        return fn(*args, **kwargs)
+
+    wrapper = click.option("-q", "--quiet", is_flag=True, help="Show only warnings and errors.")(wrapper)
+    return click.option("-v", "--verbose", count=True, help="Show more detail (-vv for debug output).")(wrapper)
+
+
 def _clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -76,6 +90,7 @@ def main() -> None:
 @click.option("--layout", type=click.Choice(["1.6b", "450m"]), default=None,
               help="File layout: 1.6b (onnx/embed_images, decoder) or 450m (onnx/vision_encoder, decoder_model_merged). "
               "Default: 450m for --size 450m, else 1.6b.")
+@_verbosity
 @_clean_errors
 def synth_model(out_dir: Path, seed: int, size: str, layout: str | None) -> None:
     """Write a synthetic model directory in a published LFM2.5-VL ONNX file layout."""
@@ -114,6 +129,7 @@ def synth_model(out_dir: Path, seed: int, size: str, layout: str | None) -> None
                    "(same tokens, fewer runs).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object per frame (JSON lines): text, token ids, decoder runs, drafts, timings.")
+@_verbosity
 @_clean_errors
 def caption(inputs: tuple[Path, ...], model_dir: Path | None, repo_id: str | None, revision: str | None,
             as_json: bool, **gen: Any) -> None:
@@ -134,6 +150,7 @@ def caption(inputs: tuple[Path, ...], model_dir: Path | None, repo_id: str | Non
               help="A local copy of the Pyodide 0.27.7 release files (or set LFMVL_PYODIDE_DIR); "
                    "default: the official CDN, then PyPI/npm.")
 @model_options
+@_verbosity
 @_clean_errors
 def build(out: Path, pyodide_dir: Path | None, model_options: Any) -> None:
     """Build the static captioning site: page, worker, Pyodide, onnxruntime-web, runtime wheel and model."""
@@ -149,6 +166,7 @@ def build(out: Path, pyodide_dir: Path | None, model_options: Any) -> None:
               help="Address to listen on: 127.0.0.1 for this machine only, 0.0.0.0 for every network interface.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on.")
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in a browser.")
+@_verbosity
 @_clean_errors
 def serve(directory: Path, host: str, port: int, open_browser: bool) -> None:
     """Preview a built site (DIRECTORY, default: dist) with the headers it needs (COOP/COEP/CORP, MIME, Range)."""
@@ -165,6 +183,7 @@ def serve(directory: Path, host: str, port: int, open_browser: bool) -> None:
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep the built sites here and reuse them (default: a temporary directory).")
 @click.option("--quick", is_flag=True, help="Fewer repetitions (a smoke run).")
+@_verbosity
 @_clean_errors
 def bench(out: Path, only: tuple[str, ...], work_dir: Path | None, quick: bool) -> None:
     """Side-by-side CPU benchmarks in one run (Pyodide vs CPython, Python vs JS loop, graph optimizations, start)."""

@@ -95,4 +95,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 def _bar(total: int, desc: str, enabled: bool):  # type: ignore[no-untyped-def]
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="MatMul", file=sys.stderr, disable=not enabled, leave=False)
+    from .. import log
+
+    return tqdm(total=total, desc=desc, unit="MatMul", file=sys.stderr, disable=not (enabled and log.bars_enabled()),
+                leave=False)

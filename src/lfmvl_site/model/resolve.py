@@ -222,6 +222,9 @@ def _progress_bars(enabled: bool) -> Iterator[None]:
         enable_progress_bars,
     )
 
+    from .. import log
+
+    enabled = enabled and log.bars_enabled()  # on a terminal only: elsewhere they are noise between log lines
     was_disabled = are_progress_bars_disabled()
     if not enabled and not was_disabled:
         disable_progress_bars()

@@ -11,7 +11,6 @@ import base64
 import hashlib
 import json
 import os
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -19,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .. import log
 from ..errors import STORAGE_ERRNOS, AssetError, describe_os_error
 
 Progress = Callable[[str], None]
@@ -28,8 +28,8 @@ CONNECT_TIMEOUT_S = 20.0
 
 
 def stderr_progress(message: str) -> None:
-    """Default progress sink: one line on stderr."""
-    print(message, file=sys.stderr, flush=True)
+    """Default progress sink: one line through the tool's log (lfmvl_site/log.py), on stderr."""
+    log.progress(message)
 
 
 def quiet(_: str) -> None:

@@ -204,7 +204,8 @@ def _pyav(path: Path) -> Any:
         import av
     except ImportError:
         raise InputError(
-            f"{path} is a video file, and reading video needs PyAV, which is not installed: run `pip install av`, "
+            f"{path} is a video file, and reading video needs PyAV, which is not installed: run `pip install av` "
+            "(or install lfmvl-site[video]), "
             "or extract frames (e.g. `ffmpeg -i clip.mp4 -vf fps=1 frame%04d.png`) and pass those."
         ) from None
     return av

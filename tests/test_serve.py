@@ -330,3 +330,73 @@ def test_unresolvable_host_is_one_clear_line(site: Path) -> None:
     assert "Traceback" not in out.stderr + out.stdout
     lines = [line for line in (out.stderr + out.stdout).splitlines() if line.strip()]
     assert len(lines) == 1 and "--host 'no.such.host.invalid'" in lines[0], lines
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the server's memory from /proc")
+def test_soak_twenty_thousand_requests_with_flat_memory(site: Path) -> None:
+    """A bounded soak of the real CLI server: 20,000 requests over keep-alive connections (full bodies, Range,
+    conditional 304s, HEAD, gzip), every answer as expected, and its resident memory flat after warm-up."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "lfmvl_site.cli", "serve", str(site), "--port", str(free), "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                etag = get(free, "/model/onnx/decoder.onnx_data")[1]["etag"]
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "the server did not start"
+                time.sleep(0.2)
+        cases = [  # (method, path, headers, expected status, expected body length or None)
+            ("GET", "/model/onnx/decoder.onnx_data", {}, 200, len(BLOB)),
+            ("GET", "/model/onnx/decoder.onnx_data", {"Range": "bytes=100-1123"}, 206, 1024),
+            ("GET", "/model/onnx/decoder.onnx_data", {"If-None-Match": etag}, 304, 0),
+            ("HEAD", "/model/onnx/decoder.onnx_data_1", {}, 200, 0),
+            ("GET", "/worker.js", {"Accept-Encoding": "gzip"}, 200, None),
+            ("GET", "/missing.js", {}, 404, None),
+        ]
+        bad: list[tuple[str, int]] = []
+
+        def client(n: int) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", free, timeout=30)
+            for i in range(n):
+                method, path, headers, status, length = cases[i % len(cases)]
+                conn.request(method, path, headers=headers)
+                resp = conn.getresponse()
+                body = resp.read()
+                if resp.status != status or (length is not None and len(body) != length):
+                    bad.append((path, resp.status))
+                if resp.will_close:
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", free, timeout=30)
+            conn.close()
+
+        def wave(total: int) -> None:
+            threads = [threading.Thread(target=client, args=(total // 4,)) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(300)
+
+        wave(2_000)  # warm-up: caches, thread pool, allocator arenas
+        warm = _rss_kb(proc.pid)
+        wave(18_000)
+        end = _rss_kb(proc.pid)
+        assert proc.poll() is None, "the server died"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert not bad, bad[:10]
+    print(f"serve soak: 20,000 requests, RSS {warm} kB after warm-up -> {end} kB")
+    assert end - warm < 8_000, (warm, end)

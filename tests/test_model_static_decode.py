@@ -1,4 +1,4 @@
-"""The static-shape decode step against the original decoder with growing caches, both in native onnxruntime.
+"""The static-shape decode step (benchmarks/gpu/static_decode.py: benchmark code, not in the package) against the original decoder with growing caches, both in native onnxruntime.
 
 Reference: the unmodified decoder driven token by token (caches grow by one row per step). The static step is
 driven over the same embeddings with fixed [1, kv, MAX, hd] buffers, (a) past and present as separate arrays,
@@ -9,6 +9,7 @@ and next tokens must agree within 1e-4 at every step.
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,8 @@ import pytest
 
 from lfmvl_site.errors import ContractError
 from lfmvl_site.model import optimize
-from lfmvl_site.model.static_decode import pad_cache, static_decode_step
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "gpu"))
+from static_decode import pad_cache, static_decode_step  # noqa: E402
 
 MAX, STEPS, PROMPT = 24, 12, 5
 

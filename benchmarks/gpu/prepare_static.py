@@ -1,5 +1,5 @@
 """Device side: the site-default q4 decoder (dynamic, as exported + the build's three optimizations) and its
-static-shape decode step (``model/static_decode.py``), for ``static_bench.mjs``.
+static-shape decode step (``benchmarks/gpu/static_decode.py``), for ``static_bench.mjs``.
 
 Writes OUT/{decoder.onnx, decoder.onnx_data, step.onnx, step.onnx_data, embed.f32, probe.onnx} (embed.f32: the embedding
 table, raw float32 [V, H], so the bench looks rows up in Node instead of running embed_tokens) and prints JSON.
@@ -23,7 +23,7 @@ from onnx import numpy_helper
 
 from lfmvl_site.bench import decoder_variants
 from lfmvl_site.model.measure import decode_weight_bytes
-from lfmvl_site.model.static_decode import static_decode_step
+from static_decode import static_decode_step  # benchmarks/gpu/ (this script's folder), not the package
 from lfmvl_site.synth import write_model
 
 VARIANT = "all three (site default)"

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import ContractError
+from lfmvl_site.errors import ContractError
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx

@@ -107,3 +107,135 @@ async def step_breakdown(width, height, prompt, tokens):
         rows.append([(t1 - t0) * 1000, (t2 - t1) * 1000, (time.perf_counter() - t2) * 1000])
     cap.decoder.release(v for v in caches.values() if not isinstance(v, np.ndarray))
     return json.dumps(rows[1:])
+
+
+_WRAP_RUN_JS = """
+(session, acc, key) => {
+  // Time onnxruntime-web's own run (promise created → resolved) as JS sees it, whoever calls it.
+  if (session.__lfmvlRun) return;
+  const run = session.run.bind(session);
+  session.__lfmvlRun = run;
+  session.run = async (...args) => {
+    const t = performance.now();
+    try { return await run(...args); } finally { acc[key] = (acc[key] || 0) + performance.now() - t; }
+  };
+}
+"""
+_UNWRAP_RUN_JS = "(session) => { if (session.__lfmvlRun) { session.run = session.__lfmvlRun; delete session.__lfmvlRun; } }"
+
+
+async def profile(rgba, width, height, prompt, settings_json, on_token):
+    """Where the page loop's time goes per decode token: PageRuntime.caption with timers around each part.
+
+    Timers (ms, summed over the caption, then divided by decode tokens): onnxruntime-web's run as JS sees it
+    (``ort_<role>``), each BrowserSession.run in total (``run_<role>``: ORT + feeds/outputs glue + the await's
+    resumption), numpy → ort.Tensor conversions (``tensor``) and output read-backs (``to_numpy``) inside those,
+    incremental detokenization (``detok``), the token callback into JavaScript (``callback``: the worker's
+    postMessage in the page), and the rest of the loop (``loop``: decode wall minus all of the above).
+    """
+    import js
+    from pyodide.code import run_js
+
+    from lfmvl_site.runtime import browser
+
+    cap, b = RT.captioner, RT.backend
+    jacc = js.Object.new()
+    acc = {}
+
+    state = {"decoding": False, "t_first": 0.0, "js0": {}, "calls": 0}
+
+    def add(key, t0):  # only decode tokens count: from the end of the first token's callback on
+        if state["decoding"]:
+            acc[key] = acc.get(key, 0.0) + (time.perf_counter() - t0) * 1000.0
+
+    def js_sums():
+        return {str(k): float(getattr(jacc, k)) for k in js.Object.keys(jacc)}
+
+    wrap, unwrap = run_js(_WRAP_RUN_JS), run_js(_UNWRAP_RUN_JS)
+    roles = {"embed_tokens": cap.embed_tokens, "embed_images": cap.embed_images, "decoder": cap.decoder}
+    for role, s in roles.items():
+        wrap(s._s, jacc, "ort_" + role)
+    orig_run = browser.BrowserSession.run
+    hooks = {n: getattr(b, n) for n in ("tensor", "to_numpy", "typed_array", "from_typed") if hasattr(b, n)}
+    orig_stream = cap.tokenizer.stream_decoder
+
+    async def run(self, feeds, *, read, keep=()):
+        t0 = time.perf_counter()
+        try:
+            return await orig_run(self, feeds, read=read, keep=keep)
+        finally:
+            add("run_" + self.choice.role, t0)
+
+    def timed(name, fn):
+        if name == "to_numpy":  # the one coroutine
+            async def wrapped_async(*a):
+                t0 = time.perf_counter()
+                try:
+                    return await fn(*a)
+                finally:
+                    add("numpy_out", t0)
+            return wrapped_async
+
+        def wrapped(*a):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a)
+            finally:
+                add("numpy_out" if name == "from_typed" else "numpy_in", t0)
+        return wrapped
+
+    def stream_decoder(*a, **k):
+        dec = orig_stream(*a, **k)
+        push = dec.push
+
+        def timed_push(token_id):
+            t0 = time.perf_counter()
+            try:
+                return push(token_id)
+            finally:
+                add("detok", t0)
+
+        dec.push = timed_push
+        return dec
+
+    def callback(*args):
+        t0 = time.perf_counter()
+        try:
+            on_token(*args)
+        finally:
+            add("callback", t0)
+            state["calls"] += 1
+            if not state["decoding"]:
+                state["js0"] = js_sums()
+                state["decoding"] = True
+                state["t_first"] = time.perf_counter()
+
+    browser.BrowserSession.run = run
+    for n, fn in hooks.items():
+        setattr(b, n, timed(n, fn))
+    cap.tokenizer.stream_decoder = stream_decoder
+    try:
+        t0 = time.perf_counter()
+        res = json.loads(await RT.caption(rgba, width, height, prompt, settings_json, callback))
+        t_end = time.perf_counter()
+    finally:
+        browser.BrowserSession.run = orig_run
+        for n in hooks:
+            delattr(b, n)
+        del cap.tokenizer.stream_decoder
+        for s in roles.values():
+            unwrap(s._s)
+    if "error" in res:
+        raise RuntimeError(str(res["error"]))
+    for k, v in js_sums().items():
+        acc[k] = v - state["js0"].get(k, 0.0)
+    n = max(1, len(res["token_ids"]) - 1)  # decode tokens (token 0 comes out of the prefill)
+    decode = (t_end - state["t_first"]) * 1000.0
+    per = {k: v / n for k, v in acc.items()}
+    inside = sum(per.get("run_" + r, 0.0) for r in roles) + per.get("detok", 0.0) + per.get("callback", 0.0)
+    per["loop"] = decode / n - inside
+    per["total"] = decode / n
+    per["ort"] = sum(per.get("ort_" + r, 0.0) for r in roles)
+    per["python"] = per["total"] - per["ort"]
+    return json.dumps({"wall_ms": (t_end - t0) * 1000.0, "decode_tokens": n, "callbacks": state["calls"],
+                       "per_token_ms": per, "token_ids": res["token_ids"]})

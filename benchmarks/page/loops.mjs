@@ -149,6 +149,24 @@ export function makeBench({ loadPyodide, ort, indexURL, lockFileURL, readBytes, 
     };
   }
 
+  // The Python loop with timers around each part (bench_py.profile), per decode token. The token callback
+  // posts what the worker posts, to a MessageChannel port (the worker's postMessage stand-in).
+  async function profile({ w, h, tokens, prompt }) {
+    const rgba = mod.frame_js(w, h);
+    const settings = JSON.stringify({ max_new_tokens: tokens });
+    const ch = new MessageChannel();
+    let count = 0, messages = 0;
+    ch.port2.onmessage = () => {};
+    const t0 = performance.now();
+    const onToken = (id, piece, n) => {  // n: tokens in this call (the runtime batches them)
+      count += n ?? 1; messages += 1;
+      ch.port1.postMessage({ type: "token", id: 1, token: id, piece, count, ms: performance.now() - t0 });
+    };
+    const res = JSON.parse(await mod.profile(rgba, w, h, prompt, settings, onToken));
+    ch.port1.close();
+    return { ...res, messages };
+  }
+
   async function unload() { await mod.close(); }
 
   // Per step of a replica of the Python loop: [embed_tokens ms, decoder ms, rest ms].
@@ -156,7 +174,7 @@ export function makeBench({ loadPyodide, ort, indexURL, lockFileURL, readBytes, 
     return JSON.parse(await mod.step_breakdown(w, h, prompt, tokens));
   }
 
-  return { init, preprocess, load, unload, stepBreakdown, pyLoop, jsLoop, get pyodide() { return py; } };
+  return { init, preprocess, load, unload, stepBreakdown, pyLoop, jsLoop, profile, get pyodide() { return py; } };
 }
 
 export function median(xs) {

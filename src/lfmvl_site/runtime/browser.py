@@ -103,24 +103,121 @@ def _info(meta: Any, name: str) -> TensorInfo:
     return TensorInfo(name, dtype, shape)
 
 
+# The per-run half that stays in JavaScript (one instance per backend, made with ``pyodide.code.run_js``).
+# A run crosses the FFI once each way: a JSON spec (kept handles by id, small integer inputs inline) plus a
+# list of TypedArrays for the large inputs go in; a JSON answer (new handle ids with their location, small
+# integer outputs inline) plus a list of TypedArrays for the large outputs come back. Kept tensors never
+# leave JavaScript: Python holds their ids only, so no proxy is made or destroyed per cache per step.
+_RUNNER_JS = r"""
+(ort) => {
+  const kept = new Map();
+  let nextId = 1;
+  const TYPED = { float32: Float32Array, float16: Uint16Array, int64: BigInt64Array, int32: Int32Array,
+                  bool: Uint8Array, uint8: Uint8Array };
+  const INT = new Set(["int64", "int32", "bool", "uint8"]);
+  const SMALL = 64;  // outputs of at most this many integer elements come back inline in the JSON answer
+  const small = (type, n) => {
+    const T = TYPED[type];
+    return new T(n);
+  };
+  async function run(session, specJson, arrays, options) {
+    const spec = JSON.parse(specJson);
+    const feeds = {};
+    const made = [];
+    for (const [name, id] of spec.kept) {
+      const t = kept.get(id);
+      if (t === undefined) throw new Error(`${name}: a released value was fed back`);
+      if (spec.wasm && t.location !== "cpu") {  // kept by a WebGPU session, fed to a wasm one (a fallback role)
+        const c = new ort.Tensor(t.type, await t.getData(), t.dims);
+        made.push(c);
+        feeds[name] = c;
+      } else {
+        feeds[name] = t;
+      }
+    }
+    for (const [name, type, dims, values] of spec.inline) {
+      const data = small(type, values.length);
+      if (type === "int64") for (let i = 0; i < values.length; i++) data[i] = BigInt(values[i]);
+      else data.set(values);
+      const t = new ort.Tensor(type, data, dims);
+      made.push(t);
+      feeds[name] = t;
+    }
+    for (let i = 0; i < spec.big.length; i++) {
+      const [name, type, dims] = spec.big[i];
+      const t = new ort.Tensor(type, arrays[i], dims);
+      made.push(t);
+      feeds[name] = t;
+    }
+    let out;
+    try {
+      out = await session.run(feeds, spec.fetch, options);
+    } finally {
+      for (const t of made) t.dispose();
+    }
+    const answer = {};
+    const data = [];
+    for (const name of spec.fetch) {
+      const t = out[name];
+      if (spec.keep.includes(name)) {
+        const id = nextId++;
+        kept.set(id, t);
+        answer[name] = { id, where: t.location };
+        continue;
+      }
+      const values = t.location === "cpu" ? t.data : await t.getData();
+      const dims = Array.from(t.dims);
+      if (INT.has(t.type) && values.length <= SMALL) {
+        const v = Array.from(values, Number);
+        if (v.every((x) => Number.isSafeInteger(x))) {
+          answer[name] = { type: t.type, dims, values: v };
+          t.dispose();
+          continue;
+        }
+      }
+      answer[name] = { type: t.type, dims, index: data.length };
+      data.push(values);
+      t.dispose();
+    }
+    return [JSON.stringify(answer), data];
+  }
+  function release(idsJson) {
+    for (const id of JSON.parse(idsJson)) {
+      const t = kept.get(id);
+      if (t !== undefined) { kept.delete(id); t.dispose(); }
+    }
+  }
+  // The ort.Tensor behind a handle (tests and tools; the loop never needs it).
+  const tensor = (id) => kept.get(id);
+  const live = () => kept.size;
+  return { run, release, tensor, live };
+}
+"""
+# Integer inputs of at most this many elements travel inside the JSON spec (no TypedArray, no ort.Tensor
+# made in Python): masks, positions and token ids of decode steps.
+_INLINE_MAX = 64
+_SAFE_INT = 2**53 - 1
+
+
 class KeptValue:
-    """A value left inside onnxruntime-web (GPU buffer on WebGPU) between runs."""
+    """A value left inside onnxruntime-web (GPU buffer on WebGPU) between runs: its id in the JS runner."""
 
-    __slots__ = ("_stats", "name", "tensor")
+    __slots__ = ("_stats", "id", "name", "where")
 
-    def __init__(self, tensor: Any, name: str, stats: dict[str, Any]) -> None:
-        self.tensor = tensor
+    def __init__(self, handle: int, name: str, where: str, stats: dict[str, Any]) -> None:
+        self.id: int | None = handle
         self.name = name
+        self.where = where
         self._stats = stats
-        where = str(tensor.location)
         stats["kept"][where] = stats["kept"].get(where, 0) + 1
         stats["live"] += 1
 
-    def dispose(self) -> None:
-        if self.tensor is not None:
-            self.tensor.dispose()
-            self.tensor = None
+    def forget(self) -> int | None:
+        """Mark released; return the id to free in JavaScript (None if already released)."""
+        handle, self.id = self.id, None
+        if handle is not None:
             self._stats["live"] -= 1
+        return handle
 
 
 class BrowserSession(Session):
@@ -134,57 +231,65 @@ class BrowserSession(Session):
         meta_out = _metadata(session, "outputMetadata", names_out)
         self.inputs = [_info(meta_in.get(n), n) for n in names_in]
         self.outputs = [_info(meta_out.get(n), n) for n in names_out]
-        self._fetches: dict[tuple[str, ...], Any] = {}
         self._run_options: Any = None
 
     async def run(self, feeds: Mapping[str, Any], *, read: Sequence[str], keep: Sequence[str] = ()) -> dict[str, Any]:
-        import js  # type: ignore[import-not-found]
-        from pyodide.ffi import to_js  # type: ignore[import-not-found]
+        import json
 
-        js_feeds = js.Object.new()
-        made = []
+        b = self._b
+        kept: list[tuple[str, int]] = []
+        inline: list[tuple[str, str, list[int], list[int]]] = []
+        big: list[tuple[str, str, list[int]]] = []
+        arrays: list[Any] = []
         for name, value in feeds.items():
             if isinstance(value, KeptValue):
-                if value.tensor is None:
+                if value.id is None:
                     raise ContractError(f"{name}: a released value was fed back to {self.choice.role}.")
-                if self.choice.device == "wasm" and str(value.tensor.location) != "cpu":
-                    # Kept by a WebGPU session but fed to a wasm one (a role that fell back): bring it over.
-                    t = self._b.tensor(await self._b.to_numpy(value.tensor))
-                    made.append(t)
-                    setattr(js_feeds, name, t)
-                else:
-                    setattr(js_feeds, name, value.tensor)
+                kept.append((name, value.id))
+                continue
+            array = np.asarray(value)
+            dtype = array.dtype.name
+            if dtype not in _ORT_TYPE:
+                raise ContractError(f"Cannot pass a {dtype} array to onnxruntime-web.")
+            if array.size <= _INLINE_MAX and dtype in ("int64", "int32", "uint8", "bool") and (
+                    array.size == 0 or int(np.abs(array.astype(np.int64)).max()) <= _SAFE_INT):
+                inline.append((name, _ORT_TYPE[dtype], list(array.shape), array.reshape(-1).astype(np.int64).tolist()))
             else:
-                t = self._b.tensor(np.asarray(value))
-                made.append(t)
-                setattr(js_feeds, name, t)
+                big.append((name, _ORT_TYPE[dtype], list(array.shape)))
+                arrays.append(b.typed_array(array))
         wanted = list(dict.fromkeys([*read, *keep]))
-        key = tuple(wanted)
-        if key not in self._fetches:  # the decoder asks for the same outputs every step: convert once
-            self._fetches[key] = to_js(wanted)
+        spec = json.dumps({"kept": kept, "inline": inline, "big": big, "fetch": wanted, "keep": list(keep),
+                           "wasm": self.choice.device == "wasm"})
         if self._run_options is None:
             # Per-run logging stays at warnings even when the session logs verbosely (placement at load).
-            self._run_options = to_js({"logSeverityLevel": 2}, dict_converter=js.Object.fromEntries)
-        results = await self._s.run(js_feeds, self._fetches[key], self._run_options)
+            self._run_options = b.js_object({"logSeverityLevel": 2})
+        answer_js = await b.runner.run(self._s, spec, b.js_list(arrays) if arrays else None, self._run_options)
+        answer = json.loads(str(answer_js[0]))
+        data: Any = answer_js[1] if any("index" in v for v in answer.values()) else None
         out: dict[str, Any] = {}
         for name in wanted:
-            t = getattr(results, name)
-            if name in read and name not in keep:
-                out[name] = await self._b.to_numpy(t)
-                t.dispose()
+            a = answer[name]
+            if "id" in a:
+                out[name] = KeptValue(int(a["id"]), name, str(a["where"]), b.stats)
+            elif "values" in a:
+                out[name] = np.asarray(a["values"], dtype=_np_dtype(str(a["type"]))).reshape(a["dims"])
             else:
-                out[name] = KeptValue(t, name, self._b.stats)
-        for t in made:
-            t.dispose()
+                out[name] = b.from_typed(data[int(a["index"])], str(a["type"]), a["dims"])
         return out
 
     def release(self, values: Iterable[Any]) -> None:
-        for v in values:
-            if isinstance(v, KeptValue):
-                v.dispose()
+        ids = [h for v in values if isinstance(v, KeptValue) and (h := v.forget()) is not None]
+        if ids:
+            import json
+
+            self._b.runner.release(json.dumps(ids))
 
     async def close(self) -> None:
         await self._s.release()
+
+
+def _np_dtype(ort_type: str) -> np.dtype:
+    return np.dtype(bool) if ort_type == "bool" else np.dtype(ort_type)
 
 
 def _metadata(session: Any, attr: str, names: list[str]) -> dict[str, Any]:
@@ -228,12 +333,44 @@ class BrowserBackend(Backend):
         # Where kept values lived (location → count) and how many are still held: tests check the caches
         # stay on the GPU and are all freed.
         self.stats: dict[str, Any] = {"kept": {}, "live": 0}
+        self._runner: Any = None
+        self._texts: dict[str, Any] = {}  # relpath → task, see start()
+        self._opening: dict[str, Any] = {}  # role → task
+        import asyncio
+
+        self._create_lock = asyncio.Lock()
         graphs = manifest.get("graphs") or {}
         for role in ROLES:
             self.choices[role] = choose_variant(role, graphs.get(role) or [], device, self.features)
         self.name = "onnxruntime-web (WebGPU)" if device == "webgpu" else "onnxruntime-web (wasm)"
 
+    def start(self, texts: Iterable[str] = ()) -> None:
+        """Begin at once every download this load needs and the session creations that follow them.
+
+        :meth:`read_text` and :meth:`open_session` then await what was started: files arrive in parallel
+        while Python reads the configs and the tokenizer, and each session is created as soon as its
+        files are in (one creation at a time: onnxruntime-web's wasm is not re-entrant).
+        """
+        import asyncio
+
+        def quiet(task: Any) -> None:  # a failure surfaces where the task is awaited, not as a warning
+            if not task.cancelled():
+                task.exception()
+
+        for rel in texts:
+            if rel not in self._texts:
+                self._texts[rel] = asyncio.ensure_future(self._read_text(rel))
+                self._texts[rel].add_done_callback(quiet)
+        for role in ROLES:
+            if role not in self._opening:
+                self._opening[role] = asyncio.ensure_future(self._open_session(role))
+                self._opening[role].add_done_callback(quiet)
+
     async def read_text(self, relpath: str) -> str:
+        task = self._texts.pop(relpath, None)
+        return await task if task is not None else await self._read_text(relpath)
+
+    async def _read_text(self, relpath: str) -> str:
         try:
             text = await self._fetch_text(self.model_url + relpath)
         except Exception as exc:  # noqa: BLE001  (a JsException from fetch; the worker keeps the structured failure)
@@ -243,18 +380,27 @@ class BrowserBackend(Backend):
         return str(text)
 
     async def open_session(self, graph: str) -> Session:
+        if graph not in self.choices:
+            raise ContractError(f"Unknown graph role {graph!r}; roles are {list(ROLES)}.")
+        task = self._opening.pop(graph, None)
+        return await task if task is not None else await self._open_session(graph)
+
+    async def _open_session(self, graph: str) -> Session:
+        import asyncio
+
         import js  # type: ignore[import-not-found]
         from pyodide.ffi import to_js  # type: ignore[import-not-found]
 
-        if graph not in self.choices:
-            raise ContractError(f"Unknown graph role {graph!r}; roles are {list(ROLES)}.")
         choice = self.choices[graph]
-        model = await self._fetch_bytes(self.model_url + choice.file, choice.file)
-        external = []
-        for rel in choice.external_data:
-            data = await self._fetch_bytes(self.model_url + rel, rel)
-            # The .onnx refers to its data by the file name beside it.
-            external.append({"path": posixpath.basename(rel), "data": data})
+
+        async def get(rel: str) -> Any:
+            return await self._fetch_bytes(self.model_url + rel, rel)
+
+        # The graph and its external data download together (and with the other graphs', after start()).
+        model, *datas = await asyncio.gather(get(choice.file), *(get(rel) for rel in choice.external_data))
+        # The .onnx refers to its data by the file name beside it.
+        external = [{"path": posixpath.basename(rel), "data": data} for rel, data in zip(choice.external_data, datas,
+                                                                                        strict=True)]
         options: dict[str, Any] = {
             "executionProviders": [choice.device],
             "graphOptimizationLevel": "all",
@@ -265,18 +411,50 @@ class BrowserBackend(Backend):
             options["logVerbosityLevel"] = 0
         if choice.device == "webgpu":
             options["preferredOutputLocation"] = "gpu-buffer"
-        try:
-            session = await self.ort.InferenceSession.create(
-                model, to_js(options, dict_converter=js.Object.fromEntries)
-            )
-        except Exception as exc:  # noqa: BLE001  (whatever onnxruntime-web throws becomes one line)
-            raise ModelFileError(
-                f"onnxruntime-web could not load {choice.file} on {choice.device} ({str(exc)[:300]}); "
-                "rebuild the site or reload the page."
-            ) from None
+        async with self._create_lock:
+            try:
+                session = await self.ort.InferenceSession.create(
+                    model, to_js(options, dict_converter=js.Object.fromEntries)
+                )
+            except Exception as exc:  # noqa: BLE001  (whatever onnxruntime-web throws becomes one line)
+                raise ModelFileError(
+                    f"onnxruntime-web could not load {choice.file} on {choice.device} ({str(exc)[:300]}); "
+                    "rebuild the site or reload the page."
+                ) from None
         return BrowserSession(self, session, choice)
 
     # -- tensors ------------------------------------------------------------------------
+
+    @property
+    def runner(self) -> Any:
+        """The JavaScript half of :meth:`BrowserSession.run` (made on first use)."""
+        if self._runner is None:
+            from pyodide.code import run_js  # type: ignore[import-not-found]
+
+            self._runner = run_js(_RUNNER_JS)(self.ort)
+        return self._runner
+
+    def js_object(self, value: Mapping[str, Any]) -> Any:
+        import js  # type: ignore[import-not-found]
+        from pyodide.ffi import to_js  # type: ignore[import-not-found]
+
+        return to_js(value, dict_converter=js.Object.fromEntries)
+
+    def js_list(self, items: list[Any]) -> Any:
+        from pyodide.ffi import to_js  # type: ignore[import-not-found]
+
+        return to_js(items)
+
+    def typed_array(self, array: np.ndarray) -> Any:
+        """A TypedArray holding a copy of ``array`` (int64 → BigInt64Array, float16 → its Uint16Array bits)."""
+        from pyodide.ffi import to_js  # type: ignore[import-not-found]
+
+        flat = np.ascontiguousarray(array).reshape(-1)
+        if flat.dtype == np.float16:
+            flat = flat.view(np.uint16)
+        elif flat.dtype == np.bool_:
+            flat = flat.view(np.uint8)
+        return to_js(flat)  # one copy into a TypedArray of the matching type
 
     def tensor(self, array: np.ndarray) -> Any:
         """An ``ort.Tensor`` holding a copy of ``array``."""
@@ -285,30 +463,38 @@ class BrowserBackend(Backend):
         dtype = array.dtype.name
         if dtype not in _ORT_TYPE:
             raise ContractError(f"Cannot pass a {dtype} array to onnxruntime-web.")
-        flat = np.ascontiguousarray(array).reshape(-1)
-        if dtype == "float16":
-            flat = flat.view(np.uint16)
-        elif dtype == "bool":
-            flat = flat.view(np.uint8)
-        data = to_js(flat)  # one copy into a TypedArray of the matching type (int64 → BigInt64Array)
-        return self.ort.Tensor.new(_ORT_TYPE[dtype], data, to_js([int(d) for d in array.shape]))
+        return self.ort.Tensor.new(_ORT_TYPE[dtype], self.typed_array(array), to_js([int(d) for d in array.shape]))
+
+    def from_typed(self, data: Any, ort_type: str, dims: Sequence[int]) -> np.ndarray:
+        """Copy an output TypedArray into a fresh numpy array of the tensor's dtype and shape."""
+        np_dtype = {"float16": np.uint16, "bool": np.uint8}.get(ort_type, np.dtype(ort_type))
+        out = np.empty(int(data.length), dtype=np_dtype)
+        data.assign_to(out)
+        if ort_type == "float16":
+            out = out.view(np.float16)
+        elif ort_type == "bool":
+            out = out.astype(bool)
+        return out.reshape([int(d) for d in dims])
 
     async def to_numpy(self, tensor: Any) -> np.ndarray:
         """Copy an output tensor (downloading it from the GPU if it lives there) into numpy."""
         data = await tensor.getData() if str(tensor.location) != "cpu" else tensor.data
-        dtype = str(tensor.type)
-        np_dtype = {"float16": np.uint16, "bool": np.uint8}.get(dtype, np.dtype(dtype))
-        out = np.empty(int(data.length), dtype=np_dtype)
-        data.assign_to(out)
-        if dtype == "float16":
-            out = out.view(np.float16)
-        elif dtype == "bool":
-            out = out.astype(bool)
-        return out.reshape([int(d) for d in tensor.dims])
+        return self.from_typed(data, str(tensor.type), tensor.dims.to_py())
+
+    def kept_tensor(self, value: KeptValue) -> Any:
+        """The ``ort.Tensor`` behind a kept value (for tools; the loop never touches it)."""
+        return None if value.id is None else self.runner.tensor(value.id)
 
     def describe(self) -> str:
         parts = [f"{c.role}: {c.precision} on {c.device}" for c in self.choices.values()]
         return f"{self.name} — " + ", ".join(parts)
+
+
+# The text files Captioner.load reads (those the manifest lists are fetched at once, in parallel).
+_LOAD_TEXTS = ("config.json", "generation_config.json", "processor_config.json", "tokenizer_config.json",
+               "tokenizer.json", "chat_template.jinja", "chat_template.json")
+# Token callbacks closer together than this are merged into one (one animation frame at 60 Hz).
+TOKEN_BATCH_MS = 16.0
 
 
 class PageRuntime:
@@ -325,6 +511,7 @@ class PageRuntime:
         self._cancel: Any = None
         self._io: tuple[Any, Any, bool] | None = None
         self._on_plan: Any = None
+        self.token_batch_ms = TOKEN_BATCH_MS
 
     async def load(self, ort: Any, model_url: str, device: str, features: Any, fetch_bytes: Any, fetch_text: Any,
                    verbose: bool = False, on_plan: Any = None) -> str:
@@ -376,6 +563,8 @@ class PageRuntime:
             plan = [{"file": prefix + rel, "size": sizes.get(rel, 0)}
                     for c in backend.choices.values() for rel in (c.file, *c.external_data)]
             self._on_plan(json.dumps(plan))
+        listed = {f["path"] for f in manifest["files"]}
+        backend.start(rel for rel in _LOAD_TEXTS if rel in listed)
         captioner = await Captioner.load(backend)
         self.backend, self.captioner = backend, captioner
 
@@ -413,9 +602,25 @@ class PageRuntime:
         copy_ms = (time.perf_counter() - start) * 1000.0
         self._cancel = token = CancelToken()
 
+        # Tokens reach JavaScript in batches: the first at once, then whatever came within TOKEN_BATCH_MS of
+        # the last call goes with the next one (slow steps still post every token at once). One call carries
+        # (last token id, the batch's text, how many tokens): one FFI call and one postMessage per batch.
+        pending: list[Any] = [-1, "", 0]  # last id, text, tokens
+        last = [-1e9]
+
+        def flush() -> None:
+            if on_token is not None and (pending[2] or pending[1]):
+                on_token(int(pending[0]), pending[1], pending[2])
+            pending[0], pending[1], pending[2] = -1, "", 0
+            last[0] = time.perf_counter()
+
         def forward(token_id: int, piece: str) -> None:
-            if on_token is not None:
-                on_token(int(token_id), piece)
+            if token_id >= 0:
+                pending[0] = token_id
+                pending[2] += 1
+            pending[1] += piece
+            if (time.perf_counter() - last[0]) * 1000.0 >= self.token_batch_ms:
+                flush()
 
         try:
             options = dict(json.loads(settings_json))
@@ -425,12 +630,14 @@ class PageRuntime:
             result = await self.captioner.caption(frame, contract.check_setting("prompt", prompt), settings=settings,
                                                   on_token=forward, cancel=token)
         except Cancelled:
+            flush()
             return json.dumps({"cancelled": True})
         except Exception as exc:  # noqa: BLE001  (the FFI boundary: the page gets a code, never a traceback)
             return json.dumps({"error": contract.error_payload(exc)})
         finally:
             if self._cancel is token:
                 self._cancel = None
+        flush()  # the last batch (and a character the last token left incomplete) before the result
         data = result.as_dict()
         data["token_ids"] = [int(t) for t in result.token_ids]
         data["timings"]["frame_copy_ms"] = round(copy_ms, 3)

@@ -91,6 +91,12 @@ async function fetchBytes(url, label) {
 }
 
 async function fetchText(url) {
+  const got = early.get(url);
+  if (got !== undefined) {
+    early.delete(url);
+    const text = await got;
+    if (text !== undefined) return text;
+  }
   const resp = await fetch(url);
   if (resp.status === 404) { failures.delete(pathOf(url)); return null; }  // optional files may be absent
   if (!resp.ok) throw new Error(`HTTP ${resp.status} for ${url}`);
@@ -131,48 +137,89 @@ async function readSizes() {
   return files;
 }
 
+// A one-node ONNX model (Identity, float32 [1]): creating a session from it makes onnxruntime-web fetch,
+// compile and instantiate its wasm (and start its threads) while Pyodide loads, instead of after.
+const WARM_MODEL = "CAg6OgoQCgF4EgF5IghJZGVudGl0eRIEd2FybVoPCgF4EgoKCAgBEgQKAggBYg8KAXkSCgoICAESBAoCCAFCBAoAEA0=";
+let ortWarm = null;
+function warmOrt() {
+  if (!ortWarm) {
+    const bytes = Uint8Array.from(atob(WARM_MODEL), (c) => c.charCodeAt(0));
+    ortWarm = ort.InferenceSession.create(bytes, { executionProviders: ["wasm"] })
+      .then((sess) => sess.release())
+      .catch((e) => console.warn("onnxruntime-web warm-up:", e));  // the real sessions will say what is wrong
+  }
+  return ortWarm;
+}
+
+// The model's text files, fetched while Pyodide starts; the Python side's fetchText takes them from here.
+const MODEL_TEXTS = ["manifest.json", "config.json", "generation_config.json", "processor_config.json",
+                     "tokenizer_config.json", "tokenizer.json", "chat_template.jinja"];
+const early = new Map(); // url -> Promise<text|null>
+function prefetchTexts(modelUrl) {
+  for (const f of MODEL_TEXTS) {
+    const url = new URL(f, modelUrl).href;
+    if (!early.has(url)) early.set(url, fetchText(url).catch(() => undefined));  // undefined: fetch again
+  }
+}
+
 async function init(msg) {
   lastInit = msg;
   failures.clear();
   const t0 = performance.now();
   const s = msg.settings;
-
-  const files = await readSizes().catch(() => []);
-  // What this load fetches: Pyodide, onnxruntime-web's wasm, packages, the wheel, the model's configs (the
-  // page's own files are here already; the graphs come with the Python side's plan, once it has chosen).
-  const fetched = (p) => p.includes("/") && !p.startsWith("model/onnx/") && !/\.m?js$/.test(p);
-  post({ type: OUT.plan, files: files.filter((f) => fetched(f.path)).map((f) => ({ file: f.path, size: f.size })) });
-
-  post({ type: OUT.status, phase: "backend", text: "Choosing a backend…" });
-  const dev = await chooseDevice(msg.device || DEV.auto);
-  post({ type: OUT.backend, ...dev });
+  const modelUrl = new URL(s.model_url.replace(/\/?$/, "/"), base).href;
 
   ort.env.wasm.wasmPaths = new URL("ort/", base).href;
   // Threads need SharedArrayBuffer, i.e. a cross-origin isolated page.
   ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
   if (msg.verbose) ort.env.logLevel = "verbose";
 
+  // Everything that does not depend on Python starts now, in parallel: Pyodide (wasm compile, stdlib),
+  // onnxruntime-web's wasm, the model's text files, the WebGPU adapter.
   if (!pyodide) {
     post({ type: OUT.status, phase: "python", text: "Starting Python (Pyodide)…" });
-    pyodide = await loadPyodide({
+    pyodide = loadPyodide({
       indexURL: new URL("pyodide/", base).href,
       lockFileURL: new URL("pyodide/pyodide-lock.json", base).href,
       stdout: (t) => console.log(t),
       stderr: (t) => console.warn(t),
     });
   }
+  const warming = warmOrt();
+  prefetchTexts(modelUrl);
+  const sizing = readSizes().catch(() => []);
+  const choosing = chooseDevice(msg.device || DEV.auto);
+
+  const files = await sizing;
+  // What this load fetches: Pyodide, onnxruntime-web's wasm, packages, the wheel, the model's configs (the
+  // page's own files are here already; the graphs come with the Python side's plan, once it has chosen).
+  const fetched = (p) => p.includes("/") && !p.startsWith("model/onnx/") && !/\.m?js$/.test(p);
+  post({ type: OUT.plan, files: files.filter((f) => fetched(f.path)).map((f) => ({ file: f.path, size: f.size })) });
+
+  post({ type: OUT.status, phase: "backend", text: "Choosing a backend…" });
+  const dev = await choosing;
+  post({ type: OUT.backend, ...dev });
+
+  try {
+    pyodide = await pyodide;
+  } catch (e) {
+    pyodide = null;  // a retry starts it again
+    throw e;
+  }
   const tPy = performance.now();
   if (!runtime) {
     post({ type: OUT.status, phase: "packages", text: "Loading numpy, jinja2 and the runtime…" });
-    await pyodide.loadPackage(s.pyodide_packages, { messageCallback: () => {}, errorCallback: (t) => console.warn(t) });
-    await pyodide.loadPackage(new URL(s.runtime_wheel, base).href, { messageCallback: () => {} });
+    // numpy, jinja2 and the wheel in one call: their downloads overlap.
+    await pyodide.loadPackage([...s.pyodide_packages, new URL(s.runtime_wheel, base).href],
+                              { messageCallback: () => {}, errorCallback: (t) => console.warn(t) });
     runtime = pyodide.pyimport("lfmvl_site.runtime.browser").PageRuntime();
   }
   const tPkgs = performance.now();
 
   post({ type: OUT.status, phase: "model", text: "Loading the model…" });
+  await warming;
   const onPlan = (json) => post({ type: OUT.plan, files: JSON.parse(json) });
-  const info = JSON.parse(await runtime.load(ort, new URL(s.model_url, base).href, dev.device, dev.features,
+  const info = JSON.parse(await runtime.load(ort, modelUrl, dev.device, dev.features,
                                              fetchBytes, fetchText, !!msg.verbose, onPlan));
   if (info.error) {
     fail(loadError(info.error), "load");
@@ -230,7 +277,8 @@ async function captionFrame(msg) {
     lastFrame = { id: msg.id, ...frame };
     const tRead = performance.now() - t0;
     let count = 0;
-    const onToken = (id, piece) => { count += 1; post({ type: OUT.token, id: msg.id, token: id, piece, count, ms: performance.now() - t0 }); };
+    // The runtime batches tokens (one call per ~16 ms): piece is the batch's text, token its last id, n its size.
+    const onToken = (id, piece, n) => { count += n ?? 1; post({ type: OUT.token, id: msg.id, token: id, piece, count, ms: performance.now() - t0 }); };
     const used = prompt;
     const result = JSON.parse(await runtime.caption(frame.data, frame.width, frame.height, used, JSON.stringify(options), onToken));
     if (result.error) {

@@ -18,3 +18,14 @@ if ! command -v chromium >/dev/null 2>&1 || ! [ -x /usr/sbin/nginx ] || ! [ -x /
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium nginx apache2 caddy >/dev/null
 fi
+# axe-core (accessibility checks in tests/web/test_page_ux.py), pinned, into the ignored .cache/npm.
+AXE_VERSION=4.11.0
+if [ "$(cat .cache/npm/node_modules/axe-core/package.json 2>/dev/null | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["version"])' 2>/dev/null)" != "$AXE_VERSION" ]; then
+  if ! command -v npm >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm >/dev/null
+  fi
+  mkdir -p .cache/npm
+  npm install --prefix .cache/npm --no-save --no-audit --no-fund --loglevel=error "axe-core@$AXE_VERSION" >/dev/null
+fi

@@ -114,7 +114,7 @@ def _webgpu_run(playwright: Any, url: str, site: Path, camera: Path, tmp_path: P
     console: list[str] = []
     browser = launch(playwright, *WEBGPU_ARGS, fake_camera=camera)
     try:
-        page = _open(browser, f"{url}?device=auto&autostart=1&verbose=1&tokens={TOKENS}", console)
+        page = _open(browser, f"{url}?device=webgpu&autostart=1&verbose=1&tokens={TOKENS}", console)
         caption = _wait_caption(page, 240)
         info = page.evaluate("() => window.lfmvl.state.info")
         messages = page.inner_text("#messages")

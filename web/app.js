@@ -825,6 +825,7 @@ async function loop() {
         state.lastDropped = now;
       }
       if (!state.inFlight && !state.switching && due) {
+        const mediaTime = state.source === "video" ? $("video").currentTime : null;  // the time of the frame grabbed
         const bitmap = await grab().catch(() => null);
         if (bitmap && state.running) {
           state.inFlight = true;
@@ -833,7 +834,6 @@ async function loop() {
           state.frameId += 1;
           state.current = "";
           state.live = { firstMs: null };
-          const mediaTime = state.source === "video" ? $("video").currentTime : null;
           state.sent.set(state.frameId, { source: state.source, name: state.sourceName, media_time: mediaTime });
           worker.postMessage({ type: IN.frame, id: state.frameId, bitmap, source: state.source, media_time: mediaTime },
                              [bitmap]);

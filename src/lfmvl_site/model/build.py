@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import BuildError, ModelFileError
 from ..files import replace_dir, sha256_file
 from ..runtime.layout import ROLES
-from . import attention, contract, optimize, quantize
+from . import attention, contract, fuse, optimize, quantize
 from .options import ModelBuildOptions
 from .resolve import CONFIG_FILES, REQUIRED_CONFIG_FILES, Source, graph_relpath, load_graph, open_source
 from .shard import save_sharded
@@ -143,6 +143,10 @@ def _convert(v: _Variant, options: ModelBuildOptions, *, converting: bool, progr
     if v.role == "decoder" and v.precision == "q4" and options.q4_lm_head:
         v.model = optimize.q4_lm_head(v.model, progress=progress)
         v.optimizations.append("q4_lm_head")
+    # After the conversion (ORT-web's own q4 fusions must still match) and before argmax (nothing of it fuses).
+    if v.role == "decoder" and options.fuse:
+        fuse.fuse(v.model)
+        v.optimizations.append("fuse")
     # Last, so its float32 positions are not turned into fp16 (exact only below 2048) by the conversion.
     if v.role == "decoder" and options.argmax:
         optimize.add_argmax(v.model, entries)  # ids without a tokenizer entry are never chosen
@@ -183,7 +187,7 @@ def _write(dest: Path, options: ModelBuildOptions, source: Source, variants: lis
             "preset": options.preset,
             "optimizations": {
                 name: any(name in v.optimizations for v in variants)
-                for name in ("last_logits", "q4_lm_head", "argmax", "plain_attention")
+                for name in ("last_logits", "q4_lm_head", "argmax", "fuse", "plain_attention")
             },
             "max_shard_mb": options.max_shard_mb,
             "graphs": graphs,

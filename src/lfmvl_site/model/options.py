@@ -53,6 +53,8 @@ class ModelBuildOptions:
     last_logits: bool = True
     q4_lm_head: bool = True
     argmax: bool = True
+    # Fewer decoder nodes per step (model/fuse.py): exact rewrites, checked by tests/test_model_fuse.py.
+    fuse: bool = True
     # The vision graph's MultiHeadAttention as standard ops (model/attention.py): off, since real GPUs are right.
     plain_attention: bool = False
     progress: bool = True
@@ -95,7 +97,8 @@ def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
 
 _OPTION_NAMES = (
     "repo_id", "revision", "model_dir", "synthetic", "seed", "synthetic_size", "vision", "decoder",
-    "embed_tokens", "max_shard_mb", "last_logits", "q4_lm_head", "argmax", "plain_attention",
+    "embed_tokens", "max_shard_mb", "last_logits", "q4_lm_head", "argmax", "fuse",
+    "plain_attention",
 )
 
 
@@ -144,6 +147,9 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Quantize the decoder's tied lm_head to q4 (embed_tokens stays as chosen)."),
         click.option("--argmax/--no-argmax", default=True, show_default=True,
                      help="Add an in-graph greedy `next_token` output to the decoder."),
+        click.option("--fuse/--no-fuse", default=True, show_default=True,
+                     help="Fuse decoder nodes (residual Add + RMSNorm, constant conv slices, shared-input "
+                          "projections) for fewer GPU dispatches per token (exact)."),
         click.option("--plain-attention/--fused-attention", default=False, show_default=True,
                      help="Spell the vision encoder's MultiHeadAttention with MatMul/Softmax: right on software "
                           "WebGPU adapters (SwiftShader), where onnxruntime-web's fused kernel is wrong; slower on GPUs."),

@@ -1,0 +1,226 @@
+"""model/fuse.py: the fused decoder computes what the unfused one does, checked in native onnxruntime.
+
+References are independent of the rewrite: numpy for the op semantics the rewrite relies on, and native onnxruntime
+running the unfused graph (synthetic tiny/mid models and Liquid AI's exporter graphs) for everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from support import shared_fixture
+
+from lfmvl_site.model import build, fuse, quantize
+from lfmvl_site.model.options import ModelBuildOptions
+from lfmvl_site.synth import write_model
+
+EXPORTER = ("liquidonnx-tiny", "export")
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the graph as written
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def _load(path: Path) -> onnx.ModelProto:
+    return onnx.load(str(path))  # external data inlined
+
+
+@pytest.fixture(scope="module")
+def mid_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("mid-model")
+    write_model(d, size="mid")
+    return d
+
+
+def _model_dir(which: str, tiny_model_dir: Path, mid_model_dir: Path) -> Path:
+    return {"tiny": tiny_model_dir, "mid": mid_model_dir, "exporter": shared_fixture(*EXPORTER)}[which]
+
+
+def _feeds(sess: ort.InferenceSession, seq: int, past: int, rng: np.random.Generator,
+           carry: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    feeds: dict[str, np.ndarray] = {}
+    for i in sess.get_inputs():
+        if i.name == "inputs_embeds":
+            feeds[i.name] = rng.standard_normal((1, seq, i.shape[2])).astype(np.float32)
+        elif i.name == "attention_mask":
+            feeds[i.name] = np.ones((1, past + seq), np.int64)
+        elif carry is not None:
+            feeds[i.name] = carry[i.name.replace("past_key_values", "present").replace("past_conv", "present_conv")]
+        else:
+            dims = [1 if d == "batch_size" else 0 if isinstance(d, str) else d for d in i.shape]
+            feeds[i.name] = np.zeros(dims, np.float32)
+    return feeds
+
+
+def _steps(model: onnx.ModelProto, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Outputs of a 7-token prefill from an empty cache, then three 1-token decode steps on the caches."""
+    sess = _session(model)
+    names = [o.name for o in sess.get_outputs()]
+    rng = np.random.default_rng(seed)
+    out, past, carry = [], 0, None
+    for seq in (7, 1, 1, 1):
+        result = dict(zip(names, sess.run(None, _feeds(sess, seq, past, rng, carry)), strict=True))
+        out.append(result)
+        carry, past = result, past + seq
+    return out
+
+
+def _assert_close(a: list[dict[str, np.ndarray]], b: list[dict[str, np.ndarray]], atol: float) -> None:
+    """Within ``atol`` plus 1e-4 relative: the mid model's logits reach ~10, where one merged matmul's different
+    summation order alone moves them by 1.2e-4."""
+    for step_a, step_b in zip(a, b, strict=True):
+        assert step_a.keys() == step_b.keys()
+        for name in step_a:
+            np.testing.assert_allclose(step_b[name], step_a[name], atol=atol, rtol=1e-4, err_msg=name)
+
+
+def _fused(model: onnx.ModelProto, **kw: bool) -> tuple[onnx.ModelProto, fuse.FuseReport]:
+    m = copy.deepcopy(model)
+    report = fuse.fuse(m, **kw)
+    return m, report
+
+
+# -- op semantics the rewrite relies on -----------------------------------------------------------------------------
+
+
+def test_skip_simplified_layer_norm_outputs_the_normalized_sum_and_the_sum() -> None:
+    """Output 0 = RMSNorm(a + b) * gamma, output 3 = a + b (numpy reference), in native onnxruntime."""
+    h, eps = 16, 1e-5
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((2, 3, h)).astype(np.float32) for _ in range(2))
+    gamma = rng.standard_normal(h).astype(np.float32)
+    node = helper.make_node("SkipSimplifiedLayerNormalization", ["a", "b", "g"], ["y", "", "", "s"],
+                            domain="com.microsoft", epsilon=eps)
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("a", "b", "y", "s")]
+    graph = helper.make_graph([node], "skip", vi[:2], vi[2:], [numpy_helper.from_array(gamma, "g")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    y, s = _session(model).run(None, {"a": a, "b": b})
+    x = (a + b).astype(np.float64)
+    np.testing.assert_array_equal(s, a + b)
+    np.testing.assert_allclose(y, x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * gamma, atol=1e-5)
+
+
+# -- graph level: fused vs unfused decoder --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["tiny", "mid", "exporter"])
+def test_fused_fp32_decoder_matches_unfused(which: str, tiny_model_dir: Path, mid_model_dir: Path) -> None:
+    model = _load(_model_dir(which, tiny_model_dir, mid_model_dir) / "onnx" / "decoder.onnx")
+    fused, report = _fused(model)
+    assert report.counts["skip_norm"] > 0 and report.counts["merge_projections"] > 0  # q/k/v of every attention layer
+    assert report.nodes_after < report.nodes_before
+    if which == "exporter":
+        assert report.counts["fold_conv_slice"] > 0
+        assert not any(n.op_type == "Shape" and "conv" in n.name for n in fused.graph.node)
+    ops = {n.op_type for n in fused.graph.node}
+    assert "Add" not in ops  # every residual Add went into a SkipSimplifiedLayerNormalization
+    # mid: 16 layers, where the merged q/k/v MatMul's summation order moves one cancelling logit by 1.2e-4
+    _assert_close(_steps(model), _steps(fused), atol=2e-4 if which == "mid" else 1e-4)
+
+
+@pytest.mark.parametrize("which", ["tiny", "exporter"])
+def test_fused_q4_decoder_matches_unfused(which: str, tiny_model_dir: Path, mid_model_dir: Path) -> None:
+    src = _model_dir(which, tiny_model_dir, mid_model_dir) / "onnx"
+    model = _load(src / "decoder_q4.onnx") if which == "exporter" else quantize.quantize_q4(_load(src / "decoder.onnx"))
+    fused, report = _fused(model)
+    assert report.counts["merge_projections"] == 0  # left to onnxruntime-web's MatMulNBitsQkv / MatMulNBitsMlp
+    _assert_close(_steps(model), _steps(fused), atol=1e-4)
+
+
+@pytest.mark.parametrize("which", ["tiny", "exporter"])
+def test_merged_matmul_nbits_are_exact(which: str, tiny_model_dir: Path, mid_model_dir: Path) -> None:
+    """Merging MatMulNBits along N (B, scales concatenated) gives bit-identical outputs."""
+    src = _model_dir(which, tiny_model_dir, mid_model_dir) / "onnx"
+    model = _load(src / "decoder_q4.onnx") if which == "exporter" else quantize.quantize_q4(_load(src / "decoder.onnx"))
+    merged = copy.deepcopy(model)
+    count = fuse.merge_projections(merged, keep_webgpu_fusions=False)
+    layers = sum(1 for n in model.graph.node if n.op_type == "GroupQueryAttention")
+    assert count >= layers + 1  # q/k/v per attention layer, w1/w3 per layer
+    assert sum(n.op_type == "MatMulNBits" for n in merged.graph.node) < sum(n.op_type == "MatMulNBits" for n in model.graph.node)
+    for a, b in zip(_steps(model), _steps(merged), strict=True):
+        for name in a:
+            np.testing.assert_array_equal(b[name], a[name], err_msg=name)
+
+
+def test_merged_matmul_nbits_with_zero_points_are_exact() -> None:
+    """Asymmetric MatMulNBits (uint8 packed zero points) concatenated along N: the same outputs bit for bit."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer  # type: ignore[import-untyped]
+
+    rng = np.random.default_rng(3)
+    k = 96
+    weights = [rng.standard_normal((k, n)).astype(np.float32) for n in (64, 32, 48)]
+    nodes = [helper.make_node("MatMul", ["x", f"w{i}"], [f"p{i}"], name=f"mm{i}") for i in range(3)]
+    nodes += [helper.make_node("Identity", [f"p{i}"], [f"y{i}"]) for i in range(3)]
+    graph = helper.make_graph(
+        nodes, "proj", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, k])],
+        [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None) for i in range(3)],
+        [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    q = MatMulNBitsQuantizer(model, block_size=32, is_symmetric=False, accuracy_level=4)
+    q.process()
+    qmodel = q.model.model
+    assert all(len(n.input) >= 4 and n.input[3] for n in qmodel.graph.node if n.op_type == "MatMulNBits")
+    merged = copy.deepcopy(qmodel)
+    assert fuse.merge_projections(merged, keep_webgpu_fusions=False) == 1
+    x = rng.standard_normal((2, 5, k)).astype(np.float32)
+    for a, b in zip(_session(qmodel).run(None, {"x": x}), _session(merged).run(None, {"x": x}), strict=True):
+        np.testing.assert_array_equal(b, a)
+
+
+# -- node counts -----------------------------------------------------------------------------------------------------
+
+
+def _layers(model: onnx.ModelProto) -> int:
+    return sum(1 for i in model.graph.input if i.name.startswith("past_conv.") or i.name.endswith(".key"))
+
+
+@pytest.mark.parametrize("which", ["tiny", "exporter"])
+def test_fuse_removes_nodes_per_layer(which: str, tiny_model_dir: Path, mid_model_dir: Path) -> None:
+    src = _model_dir(which, tiny_model_dir, mid_model_dir) / "onnx"
+    model = _load(src / "decoder_q4.onnx") if which == "exporter" else quantize.quantize_q4(_load(src / "decoder.onnx"))
+    fused, _ = _fused(model)
+    per_layer = (len(model.graph.node) - len(fused.graph.node)) / _layers(model)
+    assert per_layer >= (2 if which == "tiny" else 4)  # 2 residual Adds; the exporter's 4 conv-slice nodes besides
+
+
+# -- the build and the runtime ---------------------------------------------------------------------------------------
+
+
+def _caption(model_dir: Path) -> list[int]:
+    from lfmvl_site.runtime.generate import Captioner
+    from lfmvl_site.runtime.native import NativeBackend
+    from lfmvl_site.runtime.sampling import SamplingSettings
+
+    captioner = asyncio.run(Captioner.load(NativeBackend(model_dir)))
+    frame = np.random.default_rng(5).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    result = asyncio.run(captioner.caption(frame, "Describe.", settings=SamplingSettings(max_new_tokens=16)))
+    return list(result.token_ids)
+
+
+@pytest.mark.parametrize(("which", "decoder"), [("tiny", "q4"), ("tiny", "fp32"), ("mid", "q4"),
+                                                ("exporter", "q4"), ("exporter", "fp32")])
+def test_built_fused_model_captions_like_unfused(which: str, decoder: str, tiny_model_dir: Path, mid_model_dir: Path,
+                                                  tmp_path: Path) -> None:
+    src = _model_dir(which, tiny_model_dir, mid_model_dir)
+    ids = {}
+    for on in (False, True):
+        dest = tmp_path / f"model-{on}"
+        manifest = build.build_model(ModelBuildOptions(model_dir=src, decoder=decoder, vision="fp32", embed_tokens="fp32",
+                                                       fuse=on), dest, progress=False)
+        assert manifest["optimizations"]["fuse"] is on
+        dec = manifest["graphs"]["decoder"][0]
+        assert ("fuse" in dec["optimizations"]) is on
+        ops = {n.op_type for n in onnx.load(str(dest / dec["file"]), load_external_data=False).graph.node}
+        assert ("Add" in ops) is not on
+        ids[on] = _caption(dest)
+    assert len(ids[False]) > 0
+    assert ids[True] == ids[False]

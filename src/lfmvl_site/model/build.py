@@ -144,9 +144,8 @@ def _convert(v: _Variant, options: ModelBuildOptions, *, converting: bool, progr
         v.model = optimize.q4_lm_head(v.model, progress=progress)
         v.optimizations.append("q4_lm_head")
     # After the conversion (ORT-web's own q4 fusions must still match) and before argmax (nothing of it fuses).
-    if v.role == "decoder" and options.fuse:
-        fuse.fuse(v.model)
-        v.optimizations.append("fuse")
+    if v.role == "decoder" and options.fuse and any(fuse.fuse(v.model).counts.values()):
+        v.optimizations.append("fuse")  # only where something was fused
     # Last, so its float32 positions are not turned into fp16 (exact only below 2048) by the conversion.
     if v.role == "decoder" and options.argmax:
         optimize.add_argmax(v.model, entries)  # ids without a tokenizer entry are never chosen

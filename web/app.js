@@ -218,7 +218,8 @@ if (sw) {
   sw.events.addEventListener(KIND.integrity_error, (e) => say(`integrity-${e.detail.path}`,
     `A downloaded file failed its integrity check and was not stored: ${e.detail.path} (${e.detail.message}). ` +
     "Reload to fetch it again; if it keeps failing, the site's files are damaged on the server.", "error"));
-  sw.events.addEventListener(KIND.storage_full, (e) => say("storage",
+  // Its own key: the offline cache's failure outlives a successful load (which clears the load's "storage").
+  sw.events.addEventListener(KIND.storage_full, (e) => say("offline-storage",
     "The browser's storage is full, so the model could not be stored for offline use. Free some space " +
     `(or clear this site's data) and reload. ${e.detail.message || ""}`, "error"));
   showCache();

@@ -263,10 +263,10 @@ def test_storage_full_is_reported_and_the_page_still_works(playwright_instance: 
         cdp.send("Storage.overrideQuotaForOrigin", {"origin": server.origin, "quotaSize": quota})
         page.goto(f"{server.url}?device=wasm&autostart=1&tokens=4")
         page.wait_for_function("() => document.querySelector('#messages [data-key=space]')", timeout=LOAD_S * 1000)
-        page.wait_for_function("() => document.querySelector('#messages [data-key=storage]')", timeout=LOAD_S * 1000)
+        page.wait_for_function("() => document.querySelector('#messages [data-key=offline-storage]')", timeout=LOAD_S * 1000)
         page.wait_for_function(CAPTIONED, timeout=LOAD_S * 1000)
         space = page.inner_text("#messages [data-key=space]")
-        storage = page.inner_text("#messages [data-key=storage]")
+        storage = page.inner_text("#messages [data-key=offline-storage]")
     finally:
         browser.close()
 

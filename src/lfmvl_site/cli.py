@@ -120,7 +120,7 @@ def synth_model(out_dir: Path, seed: int, size: str, layout: str | None) -> None
 @click.option("--repetition-penalty", type=click.FloatRange(0.0, min_open=True), default=_SAMPLING.repetition_penalty,
               show_default=True, help="Above 1 makes tokens already in the prompt or caption less likely (1 = off).")
 @click.option("--seed", type=int, default=_SAMPLING.seed, show_default=True, help="Sampling seed.")
-@click.option("--max-pixels", type=click.IntRange(1), default=None, show_default=f"{DEFAULT_MAX_PIXELS:,}",
+@click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Refuse images with more pixels than this (a guard against decompression bombs).")
 @click.option("--every", type=click.FloatRange(0.0, min_open=True), default=1.0, show_default=True,
               help="Seconds between the frames taken from a video input (needs PyAV: pip install av).")
@@ -138,8 +138,6 @@ def caption(inputs: tuple[Path, ...], model_dir: Path | None, repo_id: str | Non
     An IMAGE may be '-' (standard input) or a pipe."""
     from .caption import caption_files
 
-    if gen.get("max_pixels") is None:
-        gen["max_pixels"] = DEFAULT_MAX_PIXELS
     caption_files(list(inputs), model_dir=model_dir, repo_id=repo_id, revision=revision, as_json=as_json, **gen)
 
 

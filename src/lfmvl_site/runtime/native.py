@@ -85,6 +85,7 @@ class NativeBackend(Backend):
         manifest = self.root / "manifest.json"
         self.manifest = json.loads(manifest.read_text()) if manifest.is_file() else None
         self._layout: str | None = None
+        self._text_config: dict[str, Any] | None = None
 
     async def read_text(self, relpath: str) -> str:
         path = self.root / relpath
@@ -142,11 +143,13 @@ class NativeBackend(Backend):
         """The build's graph contract (model/contract.py), so ``caption`` refuses what ``build`` refuses."""
         from ..model.contract import check_io
 
-        try:
-            cfg = json.loads((self.root / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            cfg = {}  # the loader reports a missing or broken config.json by itself
-        text = cfg.get("text_config", cfg) if isinstance(cfg, dict) else {}
+        if self._text_config is None:  # read once for the three graphs
+            try:
+                cfg = json.loads((self.root / "config.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                cfg = {}  # the loader reports a missing or broken config.json by itself
+            self._text_config = (cfg.get("text_config", cfg) if isinstance(cfg, dict) else None) or {}
+        text = self._text_config
         hidden = text.get("hidden_size") if isinstance(text.get("hidden_size"), int) else None
         layers = text.get("layer_types") if isinstance(text.get("layer_types"), list) else None
         check_io(role, session.inputs, session.outputs, file=path, hidden_size=hidden, layer_types=layers)

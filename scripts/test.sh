@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-test.sh
-.venv/bin/ruff check src
+.venv/bin/ruff check src benchmarks
 .venv/bin/mypy src
 exec .venv/bin/python -m pytest "$@"

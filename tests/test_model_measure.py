@@ -1,13 +1,18 @@
-"""Per-token byte figures: the shape arithmetic reproduces the published file sizes; graph counts match the heads."""
+"""Per-token byte figures (benchmarks/measure.py: benchmark code, not in the package): the shape arithmetic reproduces
+the published file sizes; graph counts match the heads."""
 
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 
 import onnx
 
-from lfmvl_site.model import measure, optimize, quantize
+from lfmvl_site.model import optimize, quantize
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import measure  # noqa: E402  (benchmarks/measure.py)
 
 
 def test_real_model_figures_reproduce_published_sizes() -> None:

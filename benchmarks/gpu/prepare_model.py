@@ -2,7 +2,7 @@
 directory with one manifest per decoder variant (the Node bench serves each as ``manifest.json``).
 
 Uses the project's own code: ``synth.write_model(size="full")``, the build's q4 quantizer and decoder optimizations
-(``lfmvl_site.bench.decoder_variants``), sharded saving, and the manifest's I/O description. Graph choice mirrors a
+(``benchmarks/cpu_bench.decoder_variants``), sharded saving, and the manifest's I/O description. Graph choice mirrors a
 WebGPU adapter without ``shader-f16`` (what dawn.node reports on the H100): embed_tokens fp32, embed_images q4,
 decoder q4.
 
@@ -20,9 +20,11 @@ from pathlib import Path
 
 import onnx
 
-from lfmvl_site.bench import VARIANTS, decoder_variants
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: cpu_bench, measure
+from cpu_bench import VARIANTS, decoder_variants
+from measure import decode_weight_bytes
+
 from lfmvl_site.model import contract, quantize
-from lfmvl_site.model.measure import decode_weight_bytes
 from lfmvl_site.model.options import DEFAULT_MAX_SHARD_MB
 from lfmvl_site.model.resolve import CONFIG_FILES
 from lfmvl_site.model.shard import save_sharded

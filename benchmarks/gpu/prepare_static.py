@@ -21,9 +21,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from lfmvl_site.bench import decoder_variants
-from lfmvl_site.model.measure import decode_weight_bytes
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: cpu_bench, measure
+from cpu_bench import decoder_variants
+from measure import decode_weight_bytes
 from static_decode import static_decode_step  # benchmarks/gpu/ (this script's folder), not the package
+
 from lfmvl_site.synth import write_model
 
 VARIANT = "all three (site default)"

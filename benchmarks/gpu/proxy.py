@@ -61,7 +61,7 @@ def step_full(path):
     for i in range(16):
         n = g.rms(h)
         if i in ATTN:
-            q, k, v = g.q4(n, H, H), g.q4(n, H, KV), g.q4(n, H, KV)
+            q, _k, _v = g.q4(n, H, H), g.q4(n, H, KV), g.q4(n, H, KV)
             o = g.q4(g.op("Add", [q, q]), H, H)
         else:
             b, c, xx = (g.name("s") for _ in range(3))

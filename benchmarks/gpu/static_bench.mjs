@@ -1,6 +1,6 @@
 // Device side: decode ms/token of the site-default q4 decoder through onnxruntime-web's WebGPU EP (Dawn in Node),
 // three ways in one run: (a) the exported dynamic decoder as the site drives it (outputs left on the GPU and fed
-// on, caches growing), (b) the static-shape decode step (model/static_decode.py) with GPU-resident inputs and
+// on, caches growing), (b) the static-shape decode step (benchmarks/gpu/static_decode.py) with GPU-resident inputs and
 // outputs, one KV buffer per cache bound as both past and present, (c) the same with enableGraphCapture.
 // Each mode runs a greedy loop (read back next_token, look its embedding row up, feed it) and back-to-back steps
 // (no read-back: the GPU pipeline alone), from an empty cache, and records the token ids so the modes can be

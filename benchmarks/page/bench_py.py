@@ -18,7 +18,7 @@ RT = None
 
 
 def make_frame(width, height, seed=0):
-    """The benchmark frame: seeded RGBA noise, the same bytes as lfmvl_site.bench.make_frame."""
+    """The benchmark frame: seeded RGBA noise, the same bytes as benchmarks/cpu_bench.make_frame."""
     return np.random.default_rng(seed).integers(0, 256, size=(height, width, 4), dtype=np.uint8)
 
 

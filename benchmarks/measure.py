@@ -1,6 +1,6 @@
 """Bytes a generation step reads: weights per generated token and logits per prefill, from graphs or from shapes.
 
-``python -m lfmvl_site.model.measure [DIST_MODEL_DIR]`` prints the figures for the real LFM2.5-VL-1.6B (from the
+``python benchmarks/measure.py [DIST_MODEL_DIR]`` prints the figures for the real LFM2.5-VL-1.6B (from the
 design doc's shapes) and, given a built ``dist/model``, for its graphs.
 """
 

@@ -1,5 +1,8 @@
 """``lfmvl-site bench``: side-by-side CPU benchmarks in one run (ratios, not absolute times).
 
+Benchmark code, not part of the installed package: ``lfmvl-site bench`` imports this file from the source checkout
+(it needs ``benchmarks/page/`` too); ``python benchmarks/cpu_bench.py`` is not an entry point.
+
 Sections (``--only`` picks some):
 
 * ``preprocess``: one frame through the runtime's preprocessing in Pyodide (Chromium), in CPython, and through
@@ -33,10 +36,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .config import chromium_path
-from .errors import InputError
-from .runtime.contract import DEFAULT_PROMPT
-from .serve import serving
+from lfmvl_site.config import chromium_path
+from lfmvl_site.errors import InputError
+from lfmvl_site.runtime.contract import DEFAULT_PROMPT
+from lfmvl_site.serve import serving
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -62,12 +65,8 @@ def make_frame(width: int, height: int, seed: int = 0) -> np.ndarray:
 
 
 def repo_root() -> Path:
-    """The source checkout holding benchmarks/ (bench needs the page files, so a source install)."""
-    root = Path(__file__).resolve().parents[2]
-    if not (root / "benchmarks" / "page" / "loops.mjs").is_file():
-        raise InputError("benchmarks/page/ is missing: run `lfmvl-site bench` from a source checkout "
-                         "(`pip install -e .`).")
-    return root
+    """The source checkout this file is in (the bench page files sit beside it in benchmarks/page/)."""
+    return Path(__file__).resolve().parents[1]
 
 
 def _median(xs: list[float]) -> float | None:
@@ -87,7 +86,7 @@ def decoder_variants(fp32_decoder: onnx.ModelProto, names: list[str] | None = No
     The linear layers are quantized once (symmetric q4, block 32, lm_head kept fp32, as published); each
     variant then gets its optimizations in the build's order (last_logits, argmax, then q4_lm_head).
     """
-    from .model import optimize, quantize
+    from lfmvl_site.model import optimize, quantize
 
     base = copy.deepcopy(fp32_decoder)
     head = quantize.find_lm_head(base)
@@ -109,9 +108,9 @@ def decoder_variants(fp32_decoder: onnx.ModelProto, names: list[str] | None = No
 
 def prompt_length(model_dir: Path, width: int, height: int) -> int:
     """Prompt tokens of one frame of this size with PROMPT (the runtime's own preprocessing and template)."""
-    from .runtime.preprocess import ProcessorConfig, preprocess
-    from .runtime.prompt import build_prompt_ids, chat_template_text, template_tokens
-    from .runtime.tokenizer import Tokenizer
+    from lfmvl_site.runtime.preprocess import ProcessorConfig, preprocess
+    from lfmvl_site.runtime.prompt import build_prompt_ids, chat_template_text, template_tokens
+    from lfmvl_site.runtime.tokenizer import Tokenizer
 
     proc = json.loads((model_dir / "processor_config.json").read_text())
     tok_cfg_path = model_dir / "tokenizer_config.json"
@@ -131,7 +130,7 @@ def bench_preprocess_native(model_dir: Path, reps: int) -> dict[str, Any]:
     """Runtime preprocessing in CPython and transformers' image processor, per frame size."""
     import warnings
 
-    from .runtime.preprocess import ProcessorConfig, preprocess
+    from lfmvl_site.runtime.preprocess import ProcessorConfig, preprocess
 
     proc = json.loads((model_dir / "processor_config.json").read_text())
     cfg = ProcessorConfig.from_dict(proc)
@@ -167,7 +166,7 @@ def _install_bench_page(dist: Path) -> None:
 
 
 def _bench_page(browser: Any, base: str, dist: Path, threads: int) -> Any:
-    from .site import assets
+    from lfmvl_site.site import assets
 
     page = browser.new_page()
     page.on("console", lambda m: m.type == "error" and "favicon" not in m.text and "404" not in m.text
@@ -234,7 +233,7 @@ def bench_graphopt(synth_dir: Path, steps: int, reps: int) -> dict[str, Any]:
     t = time.perf_counter()
     variants = decoder_variants(model)
     build_s = time.perf_counter() - t
-    from .model.measure import decode_weight_bytes
+    from measure import decode_weight_bytes
 
     S = prompt_length(synth_dir, *SIZES["640x480"])
     sessions, info = {}, {}
@@ -335,8 +334,8 @@ def bench_start(playwright: Any, base: str, dist: Path, tokens: int, work: Path)
 # ------------------------------------------------------------------------------------ driver
 
 def _build_site(dist: Path, size: str) -> None:
-    from .model.options import ModelBuildOptions
-    from .site.build import build_site
+    from lfmvl_site.model.options import ModelBuildOptions
+    from lfmvl_site.site.build import build_site
 
     if (dist / "manifest.json").is_file():
         return
@@ -384,7 +383,7 @@ def run(out_dir: Path, *, only: tuple[str, ...] = SECTIONS, work_dir: Path | Non
     if "graphopt" in only:
         synth = work / "synth-mid"
         if not (synth / "config.json").is_file():
-            from .synth import write_model
+            from lfmvl_site.synth import write_model
 
             say("writing the mid synthetic model")
             write_model(synth, size="mid")

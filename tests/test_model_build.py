@@ -193,7 +193,7 @@ def test_q4_graphs_have_no_zero_points(built: dict[str, Path]) -> None:
 
 def test_decoder_optimizations_in_built_graph(built: dict[str, Path]) -> None:
     manifest = json.loads((built["q4"] / "manifest.json").read_text())
-    assert manifest["optimizations"] == {"last_logits": True, "q4_lm_head": True, "argmax": True, "fuse": False,
+    assert manifest["optimizations"] == {"last_logits": True, "q4_lm_head": True, "argmax": True, "fuse": True,
                                          "plain_attention": False}
     dec = manifest["graphs"]["decoder"][0]
     outs = {o["name"]: o for o in dec["outputs"]}

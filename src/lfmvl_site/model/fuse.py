@@ -1,5 +1,9 @@
 """Fewer nodes per decoder step (issue 16 §1): exact graph rewrites, applied by the build's ``--fuse`` (on by default).
 
+Exact in the math; in float, only the residual skip norms round differently (the skip kernel, a few ulp per element;
+the conv slice fold, the merges and the final-norm fold are bit-exact in native onnxruntime). docs/ARCHITECTURE.md's
+"Fusion" section has the measurements, and why native CPU q4 (int8 activations) can still pick other greedy tokens.
+
 Decode in onnxruntime-web's WebGPU EP is CPU-dispatch-bound (~100 us of CPU per kernel on an H200), so each node
 removed from the step is worth more than the arithmetic it does. onnxruntime-web 1.30 already fuses, at session
 creation, ``SimplifiedLayerNormalization`` / ``SkipSimplifiedLayerNormalization`` + the q/k/v MatMulNBits into

@@ -53,9 +53,8 @@ class ModelBuildOptions:
     last_logits: bool = True
     q4_lm_head: bool = True
     argmax: bool = True
-    # Fewer decoder nodes per step (model/fuse.py). Off by default until greedy tokens agree on the mid q4 decoder
-    # (they differ from token 1 there; tests/test_model_fuse.py keeps that case as a strict xfail).
-    fuse: bool = False
+    # Fewer decoder nodes per step (model/fuse.py): exact up to float rounding (docs/ARCHITECTURE.md, Fusion).
+    fuse: bool = True
     # The vision graph's MultiHeadAttention as standard ops (model/attention.py): off, since real GPUs are right.
     plain_attention: bool = False
     progress: bool = True
@@ -148,10 +147,9 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Quantize the decoder's tied lm_head to q4 (embed_tokens stays as chosen)."),
         click.option("--argmax/--no-argmax", default=True, show_default=True,
                      help="Add an in-graph greedy `next_token` output to the decoder."),
-        click.option("--fuse/--no-fuse", default=False, show_default=True,
+        click.option("--fuse/--no-fuse", default=True, show_default=True,
                      help="Fuse decoder nodes (residual Add + RMSNorm, constant conv slices, shared-input "
-                          "projections) for fewer GPU dispatches per token (experimental: greedy tokens can differ "
-                          "on q4 decoders)."),
+                          "projections) for fewer GPU dispatches per token (exact up to float rounding)."),
         click.option("--plain-attention/--fused-attention", default=False, show_default=True,
                      help="Spell the vision encoder's MultiHeadAttention with MatMul/Softmax: right on software "
                           "WebGPU adapters (SwiftShader), where onnxruntime-web's fused kernel is wrong; slower on GPUs."),

@@ -197,8 +197,9 @@ def test_decoder_optimizations_in_built_graph(built: dict[str, Path]) -> None:
                                          "plain_attention": False}
     dec = manifest["graphs"]["decoder"][0]
     outs = {o["name"]: o for o in dec["outputs"]}
-    assert outs["logits"]["shape"][1] == 1
+    assert outs["logits"]["shape"][1] == "kept_positions"  # min(S, VERIFY_ROWS): a draft check's rows
     assert outs["next_token"] == {"name": "next_token", "dtype": "int64", "shape": ["batch_size"]}
+    assert outs["next_tokens"] == {"name": "next_tokens", "dtype": "int64", "shape": ["batch_size", "kept_positions"]}
 
 
 def test_build_is_deterministic(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import pytest
 from lfmvl_site.errors import ContractError
 from lfmvl_site.model import optimize, quantize
 from lfmvl_site.model.options import ModelBuildOptions
+from lfmvl_site.runtime.speculative import VERIFY_ROWS
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -51,18 +52,19 @@ def decoder(tiny_model_dir: Path) -> onnx.ModelProto:
     return onnx.load(str(tiny_model_dir / "onnx" / "decoder.onnx"))
 
 
-@pytest.mark.parametrize("seq", [1, 2, 37])
-def test_last_logits_is_bit_identical_to_last_row(decoder: onnx.ModelProto, seq: int) -> None:
+@pytest.mark.parametrize("seq", [1, 2, VERIFY_ROWS, 37])
+def test_last_logits_is_bit_identical_to_the_last_rows(decoder: onnx.ModelProto, seq: int) -> None:
     ref = _run(decoder, _feeds(_session(decoder), seq, seed=seq))
     opt = optimize.last_logits(copy.deepcopy(decoder))
     got = _run(opt, _feeds(_session(decoder), seq, seed=seq))
-    assert got["logits"].shape == (1, 1, ref["logits"].shape[-1])
-    assert np.array_equal(got["logits"][:, 0], ref["logits"][:, -1])
+    kept = min(seq, VERIFY_ROWS)  # a decode step keeps its row; a long prefill only the rows a draft check needs
+    assert got["logits"].shape == (1, kept, ref["logits"].shape[-1])
+    assert np.array_equal(got["logits"], ref["logits"][:, -kept:])
     for name, value in ref.items():  # caches are untouched by the optimization
         if name != "logits":
             assert np.array_equal(got[name], value), name
     shape = [o for o in opt.graph.output if o.name == "logits"][0].type.tensor_type.shape
-    assert shape.dim[1].dim_value == 1
+    assert shape.dim[1].dim_param == optimize.KEPT_POSITIONS
 
 
 @pytest.mark.parametrize("last", [False, True])
@@ -71,12 +73,15 @@ def test_argmax_output_equals_numpy_argmax(decoder: onnx.ModelProto, last: bool)
     if last:
         optimize.last_logits(model)
     optimize.add_argmax(model)
-    for seq, seed in ((1, 0), (5, 1), (23, 2)):
+    for seq, seed in ((1, 0), (5, 1), (23, 2), (40, 3)):
         out = _run(model, _feeds(_session(decoder), seq, seed))
         assert out["next_token"].dtype == np.int64 and out["next_token"].shape == (1,)
         assert out["next_token"][0] == int(np.argmax(out["logits"][0, -1]))
         ref = _run(decoder, _feeds(_session(decoder), seq, seed))
         assert out["next_token"][0] == int(np.argmax(ref["logits"][0, -1]))
+        kept = min(seq, VERIFY_ROWS)  # every kept position's id, for draft verification
+        assert out["next_tokens"].dtype == np.int64 and out["next_tokens"].shape == (1, kept)
+        np.testing.assert_array_equal(out["next_tokens"][0], np.argmax(ref["logits"][0, -kept:], axis=-1))
 
 
 def test_argmax_ties_pick_first_index_like_numpy() -> None:

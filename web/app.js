@@ -499,6 +499,7 @@ function recordCaption(m) {
   const entry = { id: m.id, time_s: at, wall_clock: new Date().toISOString(), source: sent.source ?? m.source,
                   source_name: sent.name ?? "", media_time: mediaTime, prompt: m.prompt, text: m.text,
                   token_ids: m.token_ids, width: m.width, height: m.height, stop_reason: m.stop_reason, timings: t,
+                  decoder_runs: m.decoder_runs, speculative: m.speculative, features_reused: m.features_reused,
                   draft_tokens_proposed: m.draft_tokens_proposed, draft_tokens_accepted: m.draft_tokens_accepted,
                   kept: m.kept, kept_live: m.kept_live };
   state.captions.push(entry);
@@ -512,7 +513,10 @@ function recordCaption(m) {
   $("f-pre").textContent = fmt(t.preprocess_ms, "ms");
   // Speculative decoding: draft tokens accepted / proposed ("off" where this build's decoder cannot verify drafts).
   if (m.speculative === false) $("f-draft").textContent = "off";
-  else if (m.draft_tokens_proposed !== undefined) $("f-draft").textContent = `${m.draft_tokens_accepted}/${m.draft_tokens_proposed}`;
+  else if (m.draft_tokens_proposed !== undefined) {
+    const runs = m.decoder_runs === 1 ? "1 run" : `${m.decoder_runs} runs`;
+    $("f-draft").textContent = `${m.draft_tokens_accepted}/${m.draft_tokens_proposed} · ${runs}`;
+  }
   const li = document.createElement("li");
   const meta = document.createElement("span");
   meta.className = "meta";

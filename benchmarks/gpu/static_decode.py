@@ -12,7 +12,7 @@ every input and output has a fixed shape for one generated token:
   Bind the same buffer as past and present and onnxruntime's GQA (CPU and WebGPU) writes in place
   ("past_present_share_buffer", detected by equal data pointers); bound to separate buffers, it copies.
 * ``past_conv.i`` / ``present_conv.i`` ``[1, H, L]`` (already fixed), ``logits [1, 1, V]`` (or ``[1, S, V]`` →
-  ``[1, 1, V]``), ``next_token [1]`` if present.
+  ``[1, 1, V]``), ``next_token [1]`` and ``next_tokens [1, 1]`` if present.
 
 The step needs no shape arithmetic at run time, which is what onnxruntime's graph capture requires.
 Prefill stays on the original (dynamic) decoder; its caches are copied into the first rows of the buffers.
@@ -95,6 +95,8 @@ def static_decode_step(model: onnx.ModelProto, max_len: int) -> onnx.ModelProto:
         _set_dims(outs["logits"], [1, 1, _fixed(outs["logits"], 2)])
     if "next_token" in outs:
         _set_dims(outs["next_token"], [1])
+    if "next_tokens" in outs:  # a decode step keeps its one position
+        _set_dims(outs["next_tokens"], [1, 1])
 
     if TOTAL_NAME not in inits:
         g.initializer.append(numpy_helper.from_array(np.array(max_len, np.int32), TOTAL_NAME))

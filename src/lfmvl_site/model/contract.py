@@ -143,6 +143,8 @@ def _decoder(inputs: list[TensorInfo], outputs: list[TensorInfo], problems: list
     _expect(problems, "output", outs.get("logits"), "float32", 3, name="logits")
     if "next_token" in outs:  # in-graph greedy argmax (model/optimize.py)
         _expect(problems, "output", outs["next_token"], "int64", 1)
+    if "next_tokens" in outs:  # ... and per kept position, for draft verification
+        _expect(problems, "output", outs["next_tokens"], "int64", 2)
 
     conv_layers: set[int] = set()
     kv_layers: dict[int, set[str]] = {}

@@ -1,13 +1,17 @@
 """Browser optimizations of the decoder graph, each optional (design: issue 4 §3).
 
-* :func:`last_logits`: the lm_head runs on the last position only; ``logits`` becomes ``[B, 1, V]``.
+* :func:`last_logits`: the lm_head runs on the last ``VERIFY_ROWS`` positions only (fewer when the run has fewer);
+  ``logits`` becomes ``[B, min(S, VERIFY_ROWS), V]``. A decode step (S = 1) keeps its one row; a run verifying a
+  draft of k <= VERIFY_ROWS - 1 tokens keeps the k + 1 rows it needs (runtime/speculative.py); a prefill skips
+  the head on all but the last rows (a 640x480 frame's 286 rows: 33 kept, 253 skipped).
 * :func:`q4_lm_head`: the tied lm_head (``MatMul(h, Transpose(embed_tokens.weight))``) becomes a symmetric
   q4 MatMulNBits with its own weight copy; the decoder no longer carries the fp32 table. embed_tokens is untouched.
-* :func:`add_argmax`: an extra output ``next_token`` int64 ``[B]`` = argmax of the last position's logits over the
-  ids the tokenizer has (first index on ties, like numpy), so greedy decoding reads back one id instead of a logits
-  row. It is built from reductions the WebGPU EP runs in parallel (ReduceMax, then the first index holding the
-  maximum as a ReduceMin over positions): onnxruntime's WebGPU ArgMax loops over the row in one thread (4.1-4.5 ms
-  of GPU per token for 65,536 logits on an H200, issue 16).
+* :func:`add_argmax`: extra outputs ``next_tokens`` int64 ``[B, R]`` (the argmax of each of the last R <=
+  VERIFY_ROWS positions' logits) and ``next_token`` int64 ``[B]`` (the last of them), over the ids the tokenizer
+  has (first index on ties, like numpy): greedy decoding reads back one id, draft verification R ids, instead of
+  logits rows. It is built from reductions the WebGPU EP runs in parallel (ReduceMax, then the first index holding
+  the maximum as a ReduceMin over positions): onnxruntime's WebGPU ArgMax loops over the row in one thread
+  (4.1-4.5 ms of GPU per token for 65,536 logits on an H200, issue 16).
 """
 
 from __future__ import annotations
@@ -17,12 +21,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import ContractError
+from ..runtime.speculative import VERIFY_ROWS
 from .quantize import find_lm_head, quantize_q4
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
 _INT64_MAX = np.iinfo(np.int64).max
+# The symbolic length of the kept positions: min(sequence_length, VERIFY_ROWS).
+KEPT_POSITIONS = "kept_positions"
 
 
 def _lm_head_or_fail(model: onnx.ModelProto, what: str) -> onnx.NodeProto:
@@ -65,15 +72,16 @@ def _output_dims(model: onnx.ModelProto, name: str) -> list[int | str]:
 
 
 def last_logits(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Slice the lm_head's input to the last position (in place). Exact: the kept row is computed the same way."""
+    """Slice the lm_head's input to the last ``VERIFY_ROWS`` positions (in place). Exact: kept rows are computed the
+    same way."""
     from onnx import helper
 
     head = _lm_head_or_fail(model, "last_logits")
     hidden = head.input[0]
-    sliced = f"{hidden}/last_position"
+    sliced = f"{hidden}/last_positions"
     slice_node = helper.make_node(
         "Slice",
-        [hidden, _const(model, "/lfmvl/last_logits/starts", np.array([-1], np.int64)),
+        [hidden, _const(model, "/lfmvl/last_logits/starts", np.array([-VERIFY_ROWS], np.int64)),
          _const(model, "/lfmvl/last_logits/ends", np.array([_INT64_MAX], np.int64)),
          _const(model, "/lfmvl/last_logits/axes", np.array([1], np.int64))],
         [sliced], name="/lfmvl/last_logits/Slice",
@@ -83,7 +91,7 @@ def last_logits(model: onnx.ModelProto) -> onnx.ModelProto:
     idx = next(i for i, n in enumerate(nodes) if n is head or n == head)
     model.graph.node.insert(idx, slice_node)
     dims = _output_dims(model, "logits")
-    _set_output_dims(model, "logits", [dims[0], 1, dims[2]])
+    _set_output_dims(model, "logits", [dims[0], KEPT_POSITIONS, dims[2]])
     return model
 
 
@@ -118,16 +126,18 @@ def q4_lm_head(model: onnx.ModelProto, *, progress: bool = False) -> onnx.ModelP
 
 
 def add_argmax(model: onnx.ModelProto, entries: int | None = None) -> onnx.ModelProto:
-    """Add output ``next_token`` int64 [B]: the argmax of the last position's logits over ids ``< entries`` (in place).
+    """Add outputs ``next_tokens`` int64 [B, R] and ``next_token`` int64 [B] (in place): the argmax over ids
+    ``< entries`` of each of the last R = min(S, VERIFY_ROWS) positions' logits, and of the last one.
 
     ``entries`` is the tokenizer's entry count (one more than its highest id); ids at or above it have no token and
-    are never chosen. ``None``, or as many entries as logits columns, considers every column (no extra node).
-    Exactly numpy's argmax of ``logits[:, -1, :entries]``, first index on ties::
+    are never chosen. ``None``, or as many entries as logits columns, considers every column. Exactly numpy's argmax
+    of ``logits[:, -R:, :entries]`` per row, first index on ties::
 
-        x = Slice(logits)[:, -1:, :entries]        # only when a position or column must go
-        m = ReduceMax(x, axes=[1, 2], keepdims=1)  # [B, 1, 1]
-        i = Where(Less(x, m), entries, iota)       # position where x == max, else past the end
-        next_token = Cast(ReduceMin(i, axes=[1, 2], keepdims=0), int64)
+        x = Slice(logits)[:, -R:, :entries]           # only when positions or columns must go
+        m = ReduceMax(x, axes=[2], keepdims=1)        # [B, R, 1]
+        i = Where(Less(x, m), entries, iota)          # position where x == max, else past the end
+        next_tokens = Cast(ReduceMin(i, axes=[2], keepdims=0), int64)   # [B, R]
+        next_token = Gather(next_tokens, -1, axis=1)                     # [B]
 
     The positions are float32 (exact below 2**24); a row with NaN gives an id in range, not numpy's first NaN. The
     build adds it after the precision conversion, so the positions stay float32 in an fp16 graph. Logits whose
@@ -138,58 +148,61 @@ def add_argmax(model: onnx.ModelProto, entries: int | None = None) -> onnx.Model
     dims = _output_dims(model, "logits")
     if len(dims) != 3:
         raise ContractError(f"decoder output 'logits' has {len(dims)} dimensions, expected 3 [batch, sequence, vocab].")
-    rows = dims[2] if isinstance(dims[2], int) and dims[2] > 0 else None
+    cols = dims[2] if isinstance(dims[2], int) and dims[2] > 0 else None
     if entries is not None:
-        if entries < 1 or (rows is not None and entries > rows):
+        if entries < 1 or (cols is not None and entries > cols):
             raise ContractError(
-                f"the tokenizer has {entries} entries but the decoder's logits have {rows} columns: use the "
+                f"the tokenizer has {entries} entries but the decoder's logits have {cols} columns: use the "
                 "tokenizer.json of the same model."
             )
-        if rows is not None and entries == rows:
+        if cols is not None and entries == cols:
             entries = None
-    width = entries if entries is not None else rows
+    width = entries if entries is not None else cols
     p = "/lfmvl/argmax"
     nodes = []
     x = "logits"
-    if entries is not None or dims[1] != 1:  # keep the last position, and the ids the tokenizer has
-        starts, ends, axes = [-1], [_INT64_MAX], [1]
+    few_rows = dims[1] == KEPT_POSITIONS or (isinstance(dims[1], int) and 0 < dims[1] <= VERIFY_ROWS)
+    if entries is not None or not few_rows:  # keep the last rows, and the ids the tokenizer has
+        starts, ends, axes = [-VERIFY_ROWS], [_INT64_MAX], [1]
         if entries is not None:
-            starts, ends, axes = [-1, 0], [_INT64_MAX, entries], [1, 2]
+            starts, ends, axes = [-VERIFY_ROWS, 0], [_INT64_MAX, entries], [1, 2]
         x = f"{p}/allowed"
         nodes.append(helper.make_node(
             "Slice", ["logits", _const(model, f"{p}/starts", np.array(starts, np.int64)),
                       _const(model, f"{p}/ends", np.array(ends, np.int64)),
                       _const(model, f"{p}/axes", np.array(axes, np.int64))],
-            [x], name=f"{p}/Slice"))  # [B, 1, W]
+            [x], name=f"{p}/Slice"))  # [B, R, W]
     if width is None or width >= 1 << 24:
-        nodes.append(helper.make_node("Flatten", [x], [f"{p}/row"], axis=1, name=f"{p}/Flatten"))  # [B, W]
-        nodes.append(helper.make_node("ArgMax", [f"{p}/row"], ["next_token"], axis=-1, keepdims=0,
+        nodes.append(helper.make_node("ArgMax", [x], ["next_tokens"], axis=-1, keepdims=0,
                                       select_last_index=0, name=f"{p}/ArgMax"))
     else:
         nodes += [
-            _reduce(model, "ReduceMax", x, f"{p}/max", keepdims=1),  # [B, 1, 1]
+            _reduce(model, "ReduceMax", x, f"{p}/max", keepdims=1),  # [B, R, 1]
             helper.make_node("Less", [x, f"{p}/max"], [f"{p}/below_max"], name=f"{p}/Less"),
             helper.make_node(
                 "Where", [f"{p}/below_max", _const(model, f"{p}/past_end", np.array(width, np.float32)),
                           _const(model, f"{p}/positions", np.arange(width, dtype=np.float32))],
-                [f"{p}/max_positions"], name=f"{p}/Where"),  # [B, 1, W]
-            _reduce(model, "ReduceMin", f"{p}/max_positions", f"{p}/first", keepdims=0),  # [B]
-            helper.make_node("Cast", [f"{p}/first"], ["next_token"], to=TensorProto.INT64, name=f"{p}/Cast"),
+                [f"{p}/max_positions"], name=f"{p}/Where"),  # [B, R, W]
+            _reduce(model, "ReduceMin", f"{p}/max_positions", f"{p}/first", keepdims=0),  # [B, R]
+            helper.make_node("Cast", [f"{p}/first"], ["next_tokens"], to=TensorProto.INT64, name=f"{p}/Cast"),
         ]
+    nodes.append(helper.make_node("Gather", ["next_tokens", _const(model, f"{p}/last", np.array(-1, np.int64))],
+                                  ["next_token"], axis=1, name=f"{p}/Gather"))  # [B]
     model.graph.node.extend(nodes)
+    model.graph.output.append(helper.make_tensor_value_info("next_tokens", TensorProto.INT64, [dims[0], KEPT_POSITIONS]))
     model.graph.output.append(helper.make_tensor_value_info("next_token", TensorProto.INT64, [dims[0]]))
     return model
 
 
 def _reduce(model: onnx.ModelProto, op: str, x: str, out: str, *, keepdims: int) -> onnx.NodeProto:
-    """``op`` over axes 1 and 2 of a [B, 1, W] tensor; axes as an input from opset 18, an attribute before."""
+    """``op`` over the last axis of a [B, R, W] tensor; axes as an input from opset 18, an attribute before."""
     from onnx import helper
 
     name = f"/lfmvl/argmax/{op}"
     if _opset(model) >= 18:
-        axes = _const(model, f"{name}/axes", np.array([1, 2], np.int64))
+        axes = _const(model, f"{name}/axes", np.array([2], np.int64))
         return helper.make_node(op, [x, axes], [out], keepdims=keepdims, name=name)
-    return helper.make_node(op, [x], [out], axes=[1, 2], keepdims=keepdims, name=name)
+    return helper.make_node(op, [x], [out], axes=[2], keepdims=keepdims, name=name)
 
 
 def _opset(model: onnx.ModelProto) -> int:

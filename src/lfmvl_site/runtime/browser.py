@@ -30,6 +30,7 @@ import numpy as np
 from ..errors import ContractError, ModelFileError
 from . import contract
 from .backend import Backend, Session, TensorInfo
+from .speculative import CaptionStream
 
 ROLES = contract.GRAPH_ROLES
 # numpy dtype name → onnxruntime-web tensor type.
@@ -512,6 +513,9 @@ class PageRuntime:
         self._io: tuple[Any, Any, bool] | None = None
         self._on_plan: Any = None
         self.token_batch_ms = TOKEN_BATCH_MS
+        # The camera is one stream: an unchanged frame reuses its image features and greedy captions are drafted
+        # from the previous one (token-identical to plain greedy). None: every frame alone (benchmarks of the loop).
+        self.stream: CaptionStream | None = None
 
     async def load(self, ort: Any, model_url: str, device: str, features: Any, fetch_bytes: Any, fetch_text: Any,
                    verbose: bool = False, on_plan: Any = None) -> str:
@@ -567,6 +571,7 @@ class PageRuntime:
         backend.start(rel for rel in _LOAD_TEXTS if rel in listed)
         captioner = await Captioner.load(backend)
         self.backend, self.captioner = backend, captioner
+        self.stream = CaptionStream()  # a new model or device: nothing carried over
 
     def _ready(self) -> str:
         import json
@@ -628,7 +633,7 @@ class PageRuntime:
                 options["max_new_tokens"] = contract.check_setting("max_new_tokens", options["max_new_tokens"])
             settings = SamplingSettings(**options)
             result = await self.captioner.caption(frame, contract.check_setting("prompt", prompt), settings=settings,
-                                                  on_token=forward, cancel=token)
+                                                  on_token=forward, cancel=token, stream=self.stream)
         except Cancelled:
             flush()
             return json.dumps({"cancelled": True})

@@ -21,7 +21,7 @@ from .modelconfig import TextModelConfig, parse_json
 from .preprocess import ImageInputs, ProcessorConfig, preprocess
 from .prompt import build_prompt_ids, load_chat_template, template_tokens
 from .sampling import Sampler, SamplingSettings
-from .speculative import PENDING_MAX, CaptionStream, DraftStats, propose, same_inputs
+from .speculative import PENDING_MAX, VERIFY_ROWS, CaptionStream, DraftStats, propose, same_inputs
 from .tokenizer import Tokenizer, check_vocabulary
 
 # Decoder inputs that are not caches.
@@ -183,7 +183,9 @@ class Captioner:
         self._cache_info = {t.name: t for t in self.decoder.inputs if t.name in self._cache_map}
         self._has_position_ids = "position_ids" in self.decoder.input_names
         self._has_argmax = "next_token" in self.decoder.output_names
-        # Verifying a draft needs every position's logits; a build with last_logits has [B, 1, V].
+        # Verifying a draft needs the logits (or ids, ``next_tokens``) of its positions: a site decoder keeps the last
+        # VERIFY_ROWS positions; one built before that (logits [B, 1, V]) keeps one and cannot verify.
+        self._has_rows = "next_tokens" in self.decoder.output_names
         logits_info = next(t for t in self.decoder.outputs if t.name == "logits")
         self.full_logits = not (len(logits_info.shape) == 3 and logits_info.shape[1] == 1)
 
@@ -490,6 +492,7 @@ class Captioner:
                     k = min(len(previous), room) if t.features_reused and stats.decoder_runs == 0 else 0
                 else:
                     k = 0 if m > PENDING_MAX else min(state.k, room)
+                k = min(k, VERIFY_ROWS - 1)  # the decoder computes the last VERIFY_ROWS positions' logits
                 draft = propose(generated, previous, k) if k > 0 else []
                 k = len(draft)
                 parts = [] if pending is None else [pending]
@@ -504,21 +507,23 @@ class Captioner:
                 }
                 if self._has_position_ids:
                     feeds["position_ids"] = np.arange(committed, total, dtype=np.int64)[None, :]
-                out = await self.decoder.run(feeds, read=["logits"], keep=keep)
+                out = await self.decoder.run(feeds, read=["next_tokens" if self._has_rows else "logits"], keep=keep)
                 stats.decoder_runs += 1
-                logits = np.asarray(out["logits"])
-                rows = logits.reshape(-1, logits.shape[-1])
-                if rows.shape[0] != m + k:
+                if self._has_rows:  # the in-graph argmax of the kept positions: (k + 1) ids read back, not rows
+                    ids = np.asarray(out["next_tokens"]).reshape(-1)
+                else:
+                    logits = np.asarray(out["logits"])
+                    rows = logits.reshape(-1, logits.shape[-1])
                     if rows.shape[0] == 1 and k > 0:  # only the last position: no verifying here
                         release_kept(out[p] for p in self._cache_map.values())
                         self.full_logits = False
                         previous = []
                         t.run_ms.append(_now() - start)
                         continue
-                    if rows.shape[0] != 1:
-                        raise ContractError(f"decoder: logits has {rows.shape[0]} rows for {m + k} input positions.")
-                    rows = np.concatenate([np.zeros((m - 1, rows.shape[1]), rows.dtype), rows])
-                picks = [int(v) for v in np.argmax(rows[m - 1 : m + k, :entries], axis=-1)]  # ids with a token
+                    ids = np.argmax(rows[-(k + 1) :, :entries], axis=-1)  # ids with a token
+                if ids.shape[0] < k + 1 or ids.shape[0] > m + k:
+                    raise ContractError(f"decoder: {ids.shape[0]} positions' logits for {m + k} input positions.")
+                picks = [int(v) for v in ids[-(k + 1) :]]  # rows m - 1 .. m + k - 1
                 n = 0
                 while n < k and draft[n] == picks[n]:
                     n += 1

@@ -19,6 +19,9 @@ from .preprocess import ImageInputs
 K_MIN = 1
 K_MAX = 32
 K_START = 8
+# Positions whose logits a site decoder computes (model/optimize.py: last_logits, add_argmax): the last
+# VERIFY_ROWS of each run, enough to verify a draft of K_MAX tokens (row m - 1 checks draft token 0).
+VERIFY_ROWS = K_MAX + 1
 # Tokens that may wait, accepted but not yet in the caches, before a run without a draft commits them.
 PENDING_MAX = 16
 

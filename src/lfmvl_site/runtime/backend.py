@@ -9,6 +9,9 @@ Values flow two ways through :meth:`Session.run`:
 * names in ``keep`` come back as opaque handles that stay where the backend
   keeps them (GPU buffers on WebGPU) and may be fed straight back as inputs,
   e.g. the decoder's KV/conv caches. Free them with :meth:`Session.release`.
+
+:meth:`Backend.run_chain` runs two graphs as one step (one graph's outputs feeding the other's inputs);
+the default awaits :meth:`Session.run` twice, a backend may do it in one call.
 """
 
 from __future__ import annotations
@@ -77,6 +80,36 @@ class Backend(ABC):
         Which file (precision variant, shards) serves a role is the host's
         business: a model directory's layout or the site's manifest.
         """
+
+    async def run_chain(
+        self,
+        first: Session,
+        first_feeds: Mapping[str, Any],
+        second: Session,
+        second_feeds: Mapping[str, Any],
+        *,
+        link: Mapping[str, str],
+        read: Sequence[str],
+        keep: Sequence[str] = (),
+        free: Iterable[Any] = (),
+    ) -> dict[str, Any]:
+        """Run ``first``, then ``second`` fed with ``first``'s outputs: ``link`` maps an output of ``first`` to an
+        input of ``second``. Returns ``second``'s outputs as :meth:`Session.run` does; the linked values are freed,
+        and so are the handles in ``free`` (kept values of ``second``, e.g. the caches this run replaces) once
+        ``second`` ran; if a run fails they stay the caller's.
+
+        A decode step is one: embed_tokens' embedding goes straight into the decoder. This default awaits the two
+        runs in turn (the linked values stay where the backend keeps them); a host where each awaited call costs
+        (Pyodide: ~1 ms per JavaScript promise) does both inside one call.
+        """
+        mid = await first.run(first_feeds, read=[], keep=list(link))
+        try:
+            out = await second.run({**second_feeds, **{dst: mid[src] for src, dst in link.items()}}, read=read,
+                                   keep=keep)
+        finally:
+            first.release(mid.values())
+        second.release(free)
+        return out
 
     def describe(self) -> str:
         """Plain words for the UI/CLI: which engine and device run the graphs."""

@@ -259,15 +259,6 @@ class Captioner:
         out = await self.embed_tokens.run(feeds, read=[name])
         return np.asarray(out[name], dtype=np.float32)
 
-    async def embed_kept(self, token: int) -> Any:
-        """One token's embedding left where the backend keeps values (on the GPU for WebGPU).
-
-        Decode steps feed it straight to the decoder: no read-back and re-upload per token.
-        """
-        feeds = {"input_ids": np.asarray([[token]], dtype=np.int64)}
-        name = self.embed_tokens.output_names[0]
-        return (await self.embed_tokens.run(feeds, read=[], keep=[name]))[name]
-
     async def image_features(self, inputs: ImageInputs) -> np.ndarray:
         """Vision rows for all tiles, in tile order.
 
@@ -393,26 +384,25 @@ class Captioner:
         stream = self.tokenizer.stream_decoder()
         stop_reason = "length"
         length = len(prompt_ids)
-        step_input = embeds
+        # A decode step is embed_tokens → decoder as one backend call: the token's embedding stays where the
+        # backend keeps values (on the GPU for WebGPU) and, in the browser, Python awaits one promise per token.
+        link = {self.embed_tokens.output_names[0]: "inputs_embeds"}
         token = -1
         try:
             for step in range(settings.max_new_tokens):
                 start = _now()
+                cur = embeds.shape[1] if step == 0 else 1
                 if step > 0:
-                    step_input = await self.embed_kept(token)
                     length += 1
-                feeds: dict[str, Any] = {
-                    "inputs_embeds": step_input,
-                    "attention_mask": np.ones((1, length), dtype=np.int64),
-                    **caches,
-                }
+                feeds: dict[str, Any] = {"attention_mask": np.ones((1, length), dtype=np.int64), **caches}
                 if self._has_position_ids:
-                    cur = 1 if step > 0 else step_input.shape[1]
                     feeds["position_ids"] = np.arange(length - cur, length, dtype=np.int64)[None, :]
-                out = await self.decoder.run(feeds, read=read, keep=keep)
-                if step > 0:
-                    self.decoder.release(caches.values())
-                    self.embed_tokens.release([step_input])
+                if step == 0:
+                    out = await self.decoder.run({"inputs_embeds": embeds, **feeds}, read=read, keep=keep)
+                else:
+                    out = await self.backend.run_chain(
+                        self.embed_tokens, {"input_ids": np.asarray([[token]], dtype=np.int64)}, self.decoder, feeds,
+                        link=link, read=read, keep=keep, free=caches.values())
                 caches = {past: out[present] for past, present in self._cache_map.items()}
                 if use_argmax:
                     token = int(np.asarray(out["next_token"]).reshape(-1)[-1])

@@ -55,7 +55,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "last_logits": ("last_logits",),
     "argmax": ("argmax",),
     "q4_lm_head": ("q4_lm_head",),
-    "all three (site default)": ("last_logits", "argmax", "q4_lm_head"),
+    "all three, unfused": ("last_logits", "argmax", "q4_lm_head"),
+    "site default (all three + fuse)": ("last_logits", "argmax", "q4_lm_head", "fuse"),
 }
 
 
@@ -84,9 +85,9 @@ def decoder_variants(fp32_decoder: onnx.ModelProto, names: list[str] | None = No
     """q4 decoders with each combination of VARIANTS, made with the model build's own functions.
 
     The linear layers are quantized once (symmetric q4, block 32, lm_head kept fp32, as published); each
-    variant then gets its optimizations in the build's order (last_logits, argmax, then q4_lm_head).
+    variant then gets its optimizations in the build's order (last_logits, q4_lm_head, fuse, argmax).
     """
-    from lfmvl_site.model import optimize, quantize
+    from lfmvl_site.model import fuse, optimize, quantize
 
     base = copy.deepcopy(fp32_decoder)
     head = quantize.find_lm_head(base)
@@ -98,10 +99,12 @@ def decoder_variants(fp32_decoder: onnx.ModelProto, names: list[str] | None = No
         m = copy.deepcopy(base)
         if "last_logits" in opts:
             optimize.last_logits(m)
-        if "argmax" in opts:
-            optimize.add_argmax(m)
         if "q4_lm_head" in opts:
             m = optimize.q4_lm_head(m)
+        if "fuse" in opts:  # the build's order: after the q4 conversion, before argmax
+            fuse.fuse(m)
+        if "argmax" in opts:
+            optimize.add_argmax(m)
         out[name] = m
     return out
 

@@ -43,6 +43,9 @@ if (cfg.model && cfg.manifests?.length) {
     pySource: async () => readFileSync(path.join(cfg.repo, "benchmarks/page/bench_py.py"), "utf8"),
   });
   results.init = await bench.init({ packages: cfg.packages, wheel: cfg.wheel, threads: 1 });
+  if (cfg.streams) {  // benchmarks/gpu/stream_py.py beside the bench page's Python (it imports lfmvl_bench)
+    bench.pyodide.FS.writeFile("/home/pyodide/lfmvl_stream.py", readFileSync(path.join(cfg.repo, "benchmarks/gpu/stream_py.py"), "utf8"));
+  }
   log({ init: results.init });
   const [w, h] = [640, 480];
   for (const m of cfg.manifests) {
@@ -54,19 +57,25 @@ if (cfg.model && cfg.manifests?.length) {
       await bench.pyLoop({ ...args, tokens: 3 });
       await bench.jsLoop({ ...args, tokens: 3 });
       const runs = { python: [], js: [], js_direct: [] };
-      for (let k = 0; k < cfg.reps; k++) {
-        runs.python.push(await bench.pyLoop(args));
-        runs.js.push(await bench.jsLoop(args));
-        runs.js_direct.push(await bench.jsLoop({ ...args, direct: true }));
+      const loops = { python: () => bench.pyLoop(args), js: () => bench.jsLoop(args),
+        js_direct: () => bench.jsLoop({ ...args, direct: true }) };
+      const order = Object.keys(loops);
+      for (let k = 0; k < cfg.reps; k++) {  // the order rotates each repetition (no loop always runs first)
+        for (let j = 0; j < order.length; j++) {
+          const name = order[(j + k) % order.length];
+          runs[name].push(await loops[name]());
+        }
       }
       const p = runs.python;
       r.ttft = { first_token_ms: median(p.map((x) => x.first_token_ms)), preprocess_ms: median(p.map((x) => x.preprocess_ms)),
         vision_ms: median(p.map((x) => x.vision_ms)), prefill_ms: median(p.map((x) => x.prefill_ms)) };
       for (const [k, rs] of Object.entries(runs)) {
-        r[k] = { decode_wall_per_token_ms: median(rs.map((x) => x.decode_wall_per_token_ms)),
+        const per = rs.map((x) => x.decode_wall_per_token_ms);
+        r[k] = { decode_wall_per_token_ms: median(per), min_ms: Math.min(...per), max_ms: Math.max(...per), reps: per.length,
           step_ms_median: median(rs.flatMap((x) => x.step_ms)), prefill_ms: median(rs.map((x) => x.prefill_ms)) };
       }
       r.same_tokens = Object.values(runs).every((rs) => rs.every((x) => JSON.stringify(x.token_ids) === JSON.stringify(p[0].token_ids)));
+      if (cfg.streams) r.streams = await streams(bench, cfg.streams, w, h);
     } catch (e) {
       r.error = String(e && e.stack || e).slice(0, 1500);
     }
@@ -75,6 +84,33 @@ if (cfg.model && cfg.manifests?.length) {
     log({ variant: m.name, ...r });
     save();
   }
+}
+
+// Caption latency per frame over three clips, each frame alone ("plain") vs one drafted stream, modes alternating.
+async function streams(bench, { frames, tokens, reps = 1 }, w, h) {
+  const mod = bench.pyodide.pyimport("lfmvl_stream");
+  const out = {};
+  for (const kind of ["same", "moving", "cuts"]) {
+    const got = { plain: [], drafted: [] };
+    for (let k = 0; k < reps; k++) {
+      for (const mode of k % 2 ? ["drafted", "plain"] : ["plain", "drafted"]) {
+        got[mode].push(JSON.parse(await mod.run(kind, frames, w, h, tokens, mode)));
+      }
+    }
+    const sum = (rows) => {
+      const later = rows.flatMap((r) => r.slice(1));  // the first frame of a clip has nothing to draft from
+      const proposed = later.reduce((a, x) => a + x.proposed, 0);
+      return { caption_ms_median: median(later.map((x) => x.wall_ms)), caption_ms_min: Math.min(...later.map((x) => x.wall_ms)),
+        caption_ms_max: Math.max(...later.map((x) => x.wall_ms)), first_frame_ms: median(rows.map((r) => r[0].wall_ms)),
+        decoder_runs_per_caption: later.reduce((a, x) => a + x.decoder_runs, 0) / later.length,
+        acceptance: proposed ? later.reduce((a, x) => a + x.accepted, 0) / proposed : null,
+        features_reused: later.filter((x) => x.features_reused).length + "/" + later.length };
+    };
+    const same = got.plain.every((rows, k) => rows.every((x, i) => JSON.stringify(x.token_ids) === JSON.stringify(got.drafted[k][i].token_ids)));
+    out[kind] = { plain: sum(got.plain), drafted: sum(got.drafted), same_tokens: same, frames, tokens };
+    log({ stream: kind, ...out[kind] });
+  }
+  return out;
 }
 
 // ---- 2. static-shape proxies: per-run and per-node overhead, and what GPU-resident I/O and graph capture remove

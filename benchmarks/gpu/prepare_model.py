@@ -112,7 +112,7 @@ def main() -> None:
         e = entry(m, root, f"onnx/decoder_q4_{slug(name)}.onnx", "q4")
         manifest = {"format": 1, "source": {"synthetic": True, "size": a.size},
                     "preset": {"embed_tokens": "fp32", "embed_images": "q4", "decoder": "q4"},
-                    "optimizations": {k: k in VARIANTS[name] for k in ("last_logits", "q4_lm_head", "argmax")},
+                    "optimizations": {k: k in VARIANTS[name] for k in ("last_logits", "q4_lm_head", "argmax", "fuse")},
                     "graphs": {**graphs, "decoder": [e]}, "files": files + _files(root, "decoder_q4_" + slug(name))}
         path = root / f"manifest-{slug(name)}.json"
         path.write_text(json.dumps(manifest, indent=1))

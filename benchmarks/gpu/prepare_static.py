@@ -28,7 +28,7 @@ from static_decode import static_decode_step  # benchmarks/gpu/ (this script's f
 
 from lfmvl_site.synth import write_model
 
-VARIANT = "all three (site default)"
+VARIANT = "all three, unfused"  # the static step rewrite predates fuse
 
 
 def save(model: onnx.ModelProto, out: Path, name: str) -> None:

@@ -15,7 +15,10 @@ if [ -z "${LOCAL_TEST:-}" ]; then  # LOCAL_TEST=1: a dry run on the build machin
   ldconfig
   export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
   export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+else  # Chromium's SwiftShader Vulkan ICD and loader (gpu-probe/README.md); e.g. LOCAL_TEST=1 SIZE=tiny PYTHON=.venv/bin/python
+  export LD_LIBRARY_PATH=/usr/lib/chromium VK_ICD_FILENAMES=/usr/lib/chromium/vk_swiftshader_icd.json
 fi
+PY=${PYTHON:-python3}
 export XDG_RUNTIME_DIR=$(mktemp -d) && chmod 700 "$XDG_RUNTIME_DIR"
 xz -dc "$C/node.xz" > "$W/node" && chmod +x "$W/node"
 cp -r "$C/node_modules" "$C/ort" "$C/pyodide" "$W/"
@@ -25,19 +28,20 @@ echo "setup done at $(( $(date +%s) - T0 )) s"
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv > "$OUT/nvidia.txt"
 timeout 60 ${PYTHON_TORCH:-python3} benchmarks/gpu/bandwidth.py > "$OUT/bandwidth.json"; cat "$OUT/bandwidth.json"
-WHEEL=$(python3 -c "from pathlib import Path; from lfmvl_site.site.wheel import runtime_wheel; print(runtime_wheel(Path('$W/py')))")
+WHEEL=$($PY -c "from pathlib import Path; from lfmvl_site.site.wheel import runtime_wheel; print(runtime_wheel(Path('$W/py')))")
 if [ -z "${SKIP_PROXIES:-}" ]; then  # SKIP_PROXIES=1: the model variants only
-  timeout 120 python3 benchmarks/gpu/proxy.py "$W/proxy" ${PROXIES:-} > "$W/proxies.json"; cat "$W/proxies.json"
+  timeout 120 $PY benchmarks/gpu/proxy.py "$W/proxy" ${PROXIES:-} > "$W/proxies.json"; cat "$W/proxies.json"
   echo "proxies built at $(( $(date +%s) - T0 )) s"
 fi
 
 config() {  # config NAME MANIFESTS_JSON PROXIES_JSON OUTFILE
-  python3 - "$@" <<EOF
+  $PY - "$@" <<EOF
 import json, sys
 name, manifests, proxies, out = sys.argv[1:5]
 json.dump({"repo": "$PWD", "webgpu": "$W/node_modules/webgpu", "ort": "$W/ort", "pyodide": "$W/pyodide",
            "packages": ["numpy", "jinja2"], "wheel": "$WHEEL", "model": "$W/model", "manifests": json.loads(manifests),
-           "tokens": ${TOKENS:-32}, "reps": ${REPS:-2}, "out": out, "proxyDir": "$W/proxy",
+           "tokens": ${TOKENS:-32}, "reps": ${REPS:-5}, "out": out, "proxyDir": "$W/proxy",
+           "streams": json.loads('${STREAMS:-null}'),
            "proxies": json.loads(proxies)}, open(name, "w"))
 EOF
 }
@@ -49,14 +53,14 @@ if [ -z "${SKIP_PROXIES:-}" ]; then
 fi
 
 # 2. the synthetic full-size model through the project's runtime, one decoder variant at a time
-# VARIANT="all three (site default)" times one decoder variant only (a shorter call).
+# VARIANT="site default (all three + fuse)" times one decoder variant only (a shorter call).
 if [ -n "${VARIANT:-}" ]; then VARIANTS=("$VARIANT"); else
-  VARIANTS=("all three (site default)" "none (published shape)" "last_logits" "argmax" "q4_lm_head"); fi
-timeout $(( $(left) - 60 )) python3 benchmarks/gpu/prepare_model.py "$W/model" --size "${SIZE:-full}" \
+  VARIANTS=("site default (all three + fuse)" "all three, unfused" "none (published shape)" "last_logits" "argmax" "q4_lm_head"); fi
+timeout $(( $(left) - 60 )) $PY benchmarks/gpu/prepare_model.py "$W/model" --size "${SIZE:-full}" \
   --variants "${VARIANTS[@]}" > "$OUT/prepare.json"
 cat "$OUT/prepare.json"
 echo "model built at $(( $(date +%s) - T0 )) s"
-MANIFESTS=$(python3 -c "import json; print(json.dumps(json.load(open('$OUT/prepare.json'))['manifests']))")
+MANIFESTS=$($PY -c "import json; print(json.dumps(json.load(open('$OUT/prepare.json'))['manifests']))")
 config "$W/c2.json" "$MANIFESTS" '[]' "$OUT/webgpu.json"
 timeout $(( $(left) - 5 )) "$W/node" benchmarks/gpu/node_bench.mjs "$W/c2.json" 2>&1 | grep -v "W:onnxruntime" | cut -c1-3000
 echo "done at $(( $(date +%s) - T0 )) s"

@@ -36,10 +36,29 @@ for name, v in web["variants"].items():
     ttft_bound = ms(wb["embed_images"] + dec)
     t = v["ttft"]
     py = v["python"]["decode_wall_per_token_ms"]
+
+    def spread(loop, v=v):  # median (min–max over the repetitions) where the run kept them
+        x = v[loop]
+        return f"{x['decode_wall_per_token_ms']:.1f}" + (f" ({x['min_ms']:.1f}–{x['max_ms']:.1f})" if "min_ms" in x else "")
+
     print(f"| {name} | {prep['nodes'][name]} | {t['first_token_ms']:.0f} ({t['preprocess_ms']:.0f} + {t['vision_ms']:.0f} + "
-          f"{t['prefill_ms']:.0f}) | {ttft_bound:.2f} | {py:.1f} | {v['js']['decode_wall_per_token_ms']:.1f} | "
-          f"{v['js_direct']['decode_wall_per_token_ms']:.1f} | {per_tok / 1e9:.3f} GB | {ms(per_tok):.3f} | "
+          f"{t['prefill_ms']:.0f}) | {ttft_bound:.2f} | {spread('python')} | {spread('js')} | "
+          f"{spread('js_direct')} | {per_tok / 1e9:.3f} GB | {ms(per_tok):.3f} | "
           f"{py / ms(per_tok):.0f}× |")
+streams = {name: v["streams"] for name, v in web["variants"].items() if v.get("streams")}
+if streams:
+    print("\n| decoder variant | clip | frames × tokens | caption ms, plain: median (min–max) | drafted | plain ÷ drafted | "
+          "decoder runs/caption, plain → drafted | draft acceptance | image features reused | same tokens |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, by_clip in streams.items():
+        for clip, c in by_clip.items():
+            a, b = c["plain"], c["drafted"]
+            acc = "–" if b["acceptance"] is None else f"{b['acceptance']:.2f}"
+            print(f"| {name} | {clip} | {c['frames']} × {c['tokens']} | {a['caption_ms_median']:.0f} ({a['caption_ms_min']:.0f}–"
+                  f"{a['caption_ms_max']:.0f}) | {b['caption_ms_median']:.0f} "
+                  f"({b['caption_ms_min']:.0f}–{b['caption_ms_max']:.0f}) | "
+                  f"{a['caption_ms_median'] / b['caption_ms_median']:.2f}× | {a['decoder_runs_per_caption']:.1f} → "
+                  f"{b['decoder_runs_per_caption']:.1f} | {acc} | {b['features_reused']} | {c['same_tokens']} |")
 if prox is None:
     sys.exit(0)
 print("\n| static proxy | nodes | weight bytes | CPU in/out, read back | GPU-resident in/out | + graph capture | bound ms |")

@@ -46,6 +46,7 @@ async def load(ort, model_url, device, features, fetch_bytes, fetch_text):
     if cap is None:  # the runtime reports load failures as {"error": ...}, not by raising
         raise RuntimeError(f"the model did not load: {info}")
     cap.text_config = dataclasses.replace(cap.text_config, eos_token_ids=())
+    RT.stream = None  # the loop benchmarks time plain decoding: no drafts from the previous (identical) frame
     return info
 
 

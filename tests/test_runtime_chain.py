@@ -188,3 +188,23 @@ def test_js_chain_feeds_the_embedding_on_and_frees_it(where: str, device: str, t
     # (asked to be freed); not the new cache.
     assert sorted(got["disposed"]) == sorted(["int64", "int64", "emb", "int64", "old cache",
                                               *(["float32"] if copied else [])])
+
+
+def test_stream_runs_after_the_prefill_are_chained_with_plain_greedy_tokens(tiny_model_dir: Path) -> None:
+    from lfmvl_site.runtime.speculative import CaptionStream
+
+    backend = _Counting(tiny_model_dir)
+    cap = asyncio.run(Captioner.load(backend))
+    cap.text_config = dataclasses.replace(cap.text_config, eos_token_ids=())
+    frame = np.random.default_rng(5).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    settings = SamplingSettings(max_new_tokens=10)
+    plain = asyncio.run(cap.caption(frame, "Describe.", settings=settings))
+    stream = CaptionStream()
+    backend.chains = 0
+    first = asyncio.run(cap.caption(frame, "Describe.", settings=settings, stream=stream))
+    assert first.speculative and first.token_ids == plain.token_ids
+    # No draft on a first frame: the prefill is a plain run, every later run one chained step (token rows only).
+    assert backend.chains == first.decoder_runs - 1 == 9
+    backend.chains = 0
+    second = asyncio.run(cap.caption(frame, "Describe.", settings=settings, stream=stream))
+    assert second.token_ids == plain.token_ids and second.decoder_runs < first.decoder_runs

@@ -465,6 +465,7 @@ class Captioner:
         committed = 0  # positions in ``caches``
         pending: np.ndarray | None = embeds  # [1, m, H] rows to feed before the draft
         tail: list[int] = []  # then these tokens (embedded with the draft, in one embed_tokens run)
+        link = {self.embed_tokens.output_names[0]: "inputs_embeds"}
         pending_is_prompt = True
         done = False
 
@@ -485,19 +486,20 @@ class Captioner:
                 k = min(k, VERIFY_ROWS - 1)  # the decoder computes the last VERIFY_ROWS positions' logits
                 draft = propose(generated, previous, k) if k > 0 else []
                 k = len(draft)
-                parts = [] if pending is None else [pending]
-                if tail or draft:
-                    parts.append(await self.embed([*tail, *draft]))
-                feed = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+                run_ids = [*tail, *draft]
                 total = committed + m + k
-                feeds: dict[str, Any] = {
-                    "inputs_embeds": feed,
-                    "attention_mask": np.ones((1, total), dtype=np.int64),
-                    **caches,
-                }
+                feeds: dict[str, Any] = {"attention_mask": np.ones((1, total), dtype=np.int64), **caches}
                 if self._has_position_ids:
                     feeds["position_ids"] = np.arange(committed, total, dtype=np.int64)[None, :]
-                out = await self.decoder.run(feeds, read=["next_tokens" if self._has_rows else "logits"], keep=keep)
+                read = ["next_tokens" if self._has_rows else "logits"]
+                feed: np.ndarray | None = None
+                if pending is None:  # token rows only: embed_tokens → decoder as one backend call
+                    out = await self.backend.run_chain(self.embed_tokens, {"input_ids": np.asarray([run_ids], np.int64)},
+                                                       self.decoder, feeds, link=link, read=read, keep=keep)
+                else:
+                    parts = [pending, await self.embed(run_ids)] if run_ids else [pending]
+                    feed = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+                    out = await self.decoder.run({"inputs_embeds": feed, **feeds}, read=read, keep=keep)
                 stats.decoder_runs += 1
                 if self._has_rows:  # the in-graph argmax of the kept positions: (k + 1) ids read back, not rows
                     ids = np.asarray(out["next_tokens"]).reshape(-1)
@@ -544,7 +546,10 @@ class Captioner:
                 if done or n < k:
                     release_kept(present.values())
                     if not done:  # roll back: keep the old caches, re-feed what was accepted
-                        pending, tail = feed[:, : m + n], [new[-1]]
+                        if feed is None:  # as token ids: the rows are their embeddings
+                            tail = [*run_ids[: m + n], new[-1]]
+                        else:
+                            pending, tail = feed[:, : m + n], [new[-1]]
                 else:
                     release_kept(caches.values())
                     caches = present

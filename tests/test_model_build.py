@@ -175,7 +175,7 @@ def test_q4_graphs_have_no_zero_points(built: dict[str, Path]) -> None:
     count = 0
     for root in built.values():
         manifest = json.loads((root / "manifest.json").read_text())
-        for variants in manifest["graphs"].values():
+        for role, variants in manifest["graphs"].items():
             for v in variants:
                 model = onnx.load(str(root / v["file"]), load_external_data=False)
                 nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
@@ -186,7 +186,8 @@ def test_q4_graphs_have_no_zero_points(built: dict[str, Path]) -> None:
                 for n in nbits:
                     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
                     assert len([i for i in n.input if i]) == 3, f"{n.name} has a zero_points input"
-                    assert attrs["bits"] == 4 and attrs["block_size"] == 32 and attrs["accuracy_level"] == 4
+                    level = 0 if role == "decoder" else 4  # float activations in the decoder (see below)
+                    assert attrs["bits"] == 4 and attrs["block_size"] == 32 and attrs["accuracy_level"] == level
                 count += len(nbits)
     assert count > 0
 
@@ -194,7 +195,7 @@ def test_q4_graphs_have_no_zero_points(built: dict[str, Path]) -> None:
 def test_decoder_optimizations_in_built_graph(built: dict[str, Path]) -> None:
     manifest = json.loads((built["q4"] / "manifest.json").read_text())
     assert manifest["optimizations"] == {"last_logits": True, "q4_lm_head": True, "argmax": True, "fuse": True,
-                                         "plain_attention": False}
+                                         "float_activations": True, "plain_attention": False}
     dec = manifest["graphs"]["decoder"][0]
     outs = {o["name"]: o for o in dec["outputs"]}
     assert outs["logits"]["shape"][1] == "kept_positions"  # min(S, VERIFY_ROWS): a draft check's rows
@@ -306,3 +307,20 @@ def test_rebuild_replaces_previous(tiny_model_dir: Path, previous_dest: Path) ->
     build_model(ModelBuildOptions(model_dir=tiny_model_dir), previous_dest, progress=False)
     assert not (previous_dest / "marker.txt").exists() and (previous_dest / "manifest.json").is_file()
     assert sorted(p.name for p in previous_dest.parent.iterdir()) == ["model"]
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_q4_decoder_matmuls_run_on_float_activations(tiny_model_dir: Path, tmp_path: Path, on: bool) -> None:
+    """accuracy_level 0 on every decoder MatMulNBits (lm_head included) unless --int8-activations; the vision graph
+    keeps the published level 4 (its runs always have many rows, so no one-row/multi-row disagreement there)."""
+    manifest = build_model(ModelBuildOptions(model_dir=tiny_model_dir, vision="q4", float_activations=on),
+                           tmp_path / "m", progress=False)
+    dec = manifest["graphs"]["decoder"][0]
+    assert ("float_activations" in dec["optimizations"]) is on
+    levels = {}
+    for role in ("decoder", "embed_images"):
+        g = onnx.load(str(tmp_path / "m" / manifest["graphs"][role][0]["file"]), load_external_data=False)
+        levels[role] = {next((a.i for a in n.attribute if a.name == "accuracy_level"), 0)
+                        for n in g.graph.node if n.op_type == "MatMulNBits"}
+    assert levels["decoder"] == ({0} if on else {4})
+    assert levels["embed_images"] == {4}

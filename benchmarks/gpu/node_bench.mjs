@@ -110,6 +110,8 @@ async function streams(bench, { frames, tokens, reps = 1 }, w, h) {
     out[kind] = { plain: sum(got.plain), drafted: sum(got.drafted), same_tokens: same, frames, tokens };
     log({ stream: kind, ...out[kind] });
   }
+  out.diagnose = JSON.parse(await mod.diagnose(w, h, tokens));
+  log({ diagnose: out.diagnose });
   return out;
 }
 

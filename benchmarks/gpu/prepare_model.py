@@ -32,7 +32,8 @@ from lfmvl_site.synth import write_model
 
 
 def slug(name: str) -> str:
-    return name.split(" ")[0]
+    """A file-name part unique per variant name ("site default, accuracy level 0" -> "site_default_accuracy_level_0")."""
+    return "_".join("".join(c if c.isalnum() else " " for c in name.lower()).split())
 
 
 def entry(model: onnx.ModelProto, root: Path, rel: str, precision: str) -> dict:

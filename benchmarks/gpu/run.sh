@@ -53,9 +53,9 @@ if [ -z "${SKIP_PROXIES:-}" ]; then
 fi
 
 # 2. the synthetic full-size model through the project's runtime, one decoder variant at a time
-# VARIANT="site default (all three + fuse)" times one decoder variant only (a shorter call); "A|B" times A and B.
+# VARIANT="site default (all three + fuse + float activations)" times one decoder variant only (a shorter call); "A|B" times A and B.
 if [ -n "${VARIANT:-}" ]; then IFS='|' read -ra VARIANTS <<< "$VARIANT"; else
-  VARIANTS=("site default (all three + fuse)" "all three, unfused" "none (published shape)" "last_logits" "argmax" "q4_lm_head"); fi
+  VARIANTS=("site default (all three + fuse + float activations)" "all three + fuse, int8 activations" "all three, unfused" "none (published shape)" "last_logits" "argmax" "q4_lm_head"); fi
 timeout $(( $(left) - 60 )) $PY benchmarks/gpu/prepare_model.py "$W/model" --size "${SIZE:-full}" \
   --variants "${VARIANTS[@]}" > "$OUT/prepare.json"
 cat "$OUT/prepare.json"

@@ -52,3 +52,66 @@ async def run(kind, frames, width, height, tokens, mode):
     finally:
         rt.stream = None
     return json.dumps(rows)
+
+
+async def diagnose(width, height, tokens):
+    """Why drafted and plain tokens can differ on a GPU: the same tokens' logits from one-row steps (plain greedy)
+    vs one multi-row run, without a past (prompt + tokens in one prefill) and with one (prompt cached, then the tokens
+    as one run). Reports greedy agreement with the plain tokens, max |Δlogit| to the step logits and the step logits'
+    top-2 gaps: rounding that differs with the run's row count flips near-tied tokens; a kernel bug would show as
+    Δ far above the gaps' scale or as agreement collapsing only with a past."""
+    from lfmvl_site.runtime.generate import _empty_cache
+    from lfmvl_site.runtime.preprocess import preprocess
+
+    cap = lfmvl_bench.RT.captioner
+    frame = clip("same", 1, width, height)[0]
+    inputs = preprocess([frame], cap.processor_config)
+    ids = cap.prompt_ids("Describe this image.", inputs)
+    prompt = cap.merge(await cap.embed(ids), ids, await cap.image_features(inputs))
+    keep = list(cap._cache_map.values())
+    empty = {name: _empty_cache(info) for name, info in cap._cache_info.items()}
+
+    async def run(embeds, caches, past):
+        n = past + embeds.shape[1]
+        out = await cap.decoder.run({"inputs_embeds": embeds, "attention_mask": np.ones((1, n), np.int64), **caches},
+                                    read=["logits"], keep=keep)
+        present = {p: out[c] for p, c in cap._cache_map.items()}
+        rows = np.asarray(out["logits"], np.float32).reshape(-1, np.asarray(out["logits"]).shape[-1])
+        return rows, present
+
+    # plain greedy, one row per step, keeping each step's logits row
+    step_rows, toks, caches, past = [], [], empty, 0
+    rows, caches = await run(prompt, empty, 0)
+    past = prompt.shape[1]
+    for _ in range(tokens):
+        row = rows[-1]
+        step_rows.append(row)
+        toks.append(int(np.argmax(row)))
+        emb = await cap.embed([toks[-1]])
+        old = caches
+        rows, caches = await run(emb, caches, past)
+        cap.decoder.release(old.values())
+        past += 1
+    cap.decoder.release(caches.values())
+    step = np.stack(step_rows)
+    top2 = np.sort(step, axis=-1)[:, -2:]
+    gaps = top2[:, 1] - top2[:, 0]
+
+    def compare(rows):
+        rows = rows[-tokens:]
+        agree = [int(np.argmax(r)) == t for r, t in zip(rows, toks, strict=True)]
+        first = agree.index(False) if False in agree else None
+        return {"agreement": sum(agree) / tokens, "first_differing_token": first,
+                "max_abs_dlogit": float(np.abs(rows - step).max()), "median_abs_dlogit": float(np.median(np.abs(rows - step)))}
+
+    tok_emb = await cap.embed(toks[:-1])
+    no_past, c1 = await run(np.concatenate([prompt, tok_emb], axis=1), empty, 0)
+    cap.decoder.release(c1.values())
+    pre, c2 = await run(prompt, empty, 0)
+    with_past, c3 = await run(tok_emb, c2, prompt.shape[1])
+    cap.decoder.release(c2.values())
+    cap.decoder.release(c3.values())
+    with_past = np.concatenate([pre[-1:], with_past], axis=0)  # the first token comes from the prefill itself
+    return json.dumps({"tokens": tokens, "logit_scale_median_abs": float(np.median(np.abs(step))),
+                       "top2_gap_median": float(np.median(gaps)), "top2_gap_min": float(gaps.min()),
+                       "one_run_no_past": compare(no_past), "one_run_with_past": compare(with_past)})

@@ -52,6 +52,8 @@ if streams:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, by_clip in streams.items():
         for clip, c in by_clip.items():
+            if clip == "diagnose":
+                continue
             a, b = c["plain"], c["drafted"]
             acc = "–" if b["acceptance"] is None else f"{b['acceptance']:.2f}"
             print(f"| {name} | {clip} | {c['frames']} × {c['tokens']} | {a['caption_ms_median']:.0f} ({a['caption_ms_min']:.0f}–"
@@ -69,3 +71,6 @@ for f, p in prox["proxies"].items():
         r = p.get(mode, {})
         cells.append(f"{r['per_run_ms']:.1f}" if "per_run_ms" in r else "failed: " + r.get("error", "?").split("\n")[0][:60])
     print(f"| {f} | {p['nodes']} | {p['weight_bytes'] / 1e9:.3f} GB | {' | '.join(cells)} | {ms(p['weight_bytes']):.3f} |")
+    for name, by_clip in streams.items():
+        if "diagnose" in by_clip:
+            print(f"\nWhy drafted and plain tokens differ ({name}): {json.dumps(by_clip['diagnose'])}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +64,51 @@ def test_still_camera_captions_are_drafted_and_equal_plain_greedy(playwright_ins
         assert c["decoder_runs"] == 1, c
         assert c["draft_tokens_accepted"] == c["draft_tokens_proposed"] > 0
     assert "1 run" in figure
+
+
+def test_drafted_streams_equal_plain_greedy_in_pyodide(playwright_instance: Any, built_site: Path,
+                                                       tmp_path: Path) -> None:
+    """Clips of a repeated frame, a slowly moving one and one with cuts, captioned in Chromium (wasm) through the
+    page's PageRuntime, each frame alone and as one drafted stream (benchmarks/gpu/stream_py.py): frame by frame the
+    same tokens, with fewer decoder runs. Drafts are rolled back on the cuts; accepted whole on repeats."""
+    import shutil
+
+    from lfmvl_site.serve import serving
+    from lfmvl_site.site import assets
+
+    repo = Path(__file__).resolve().parents[2]
+    dist = tmp_path / "dist"
+    shutil.copytree(built_site, dist)
+    (dist / "bench").mkdir()
+    for f in ("index.html", "loops.mjs", "bench_py.py"):
+        shutil.copyfile(repo / "benchmarks" / "page" / f, dist / "bench" / f)
+    stream_py = (repo / "benchmarks" / "gpu" / "stream_py.py").read_text()
+    manifest = json.loads((dist / "manifest.json").read_text())
+    browser = launch(playwright_instance)
+    results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    with serving(dist) as base:
+        try:
+            page = browser.new_page()
+            page.goto(base + "bench/index.html")
+            page.wait_for_function("() => window.bench && window.bench.root", timeout=60_000)
+            page.evaluate("(a) => window.bench.init(a)", {
+                "packages": list(assets.PYODIDE_PACKAGES), "wheel": base + manifest["runtime_wheel"], "threads": 1})
+            page.evaluate("(a) => window.bench.load(a)", {"modelUrl": base + "model/", "device": "wasm", "features": []})
+            page.evaluate("(src) => window.bench.pyodide.FS.writeFile('/home/pyodide/lfmvl_stream.py', src)", stream_py)
+            for kind in ("same", "moving", "cuts"):
+                for mode in ("plain", "drafted"):
+                    results[kind, mode] = json.loads(page.evaluate(
+                        "async ([k, m]) => await window.bench.pyodide.pyimport('lfmvl_stream').run(k, 40, 160, 120, 10, m)",
+                        [kind, mode]))
+        finally:
+            browser.close()
+    accepted = proposed = 0
+    for kind in ("same", "moving", "cuts"):
+        plain, drafted = results[kind, "plain"], results[kind, "drafted"]
+        assert [r["token_ids"] for r in drafted] == [r["token_ids"] for r in plain], kind
+        assert all(r["decoder_runs"] == 10 for r in plain)
+        assert sum(r["decoder_runs"] for r in drafted) < sum(r["decoder_runs"] for r in plain), kind
+        accepted += sum(r["accepted"] for r in drafted)
+        proposed += sum(r["proposed"] for r in drafted)
+    assert all(r["decoder_runs"] == 1 for r in results["same", "drafted"][1:])  # the repeat: one verifying run
+    assert 0 < accepted < proposed  # some drafts were rejected (rolled back) and some accepted

@@ -143,6 +143,9 @@ def _convert(v: _Variant, options: ModelBuildOptions, *, converting: bool, progr
     if v.role == "decoder" and v.precision == "q4" and options.q4_lm_head:
         v.model = optimize.q4_lm_head(v.model, progress=progress)
         v.optimizations.append("q4_lm_head")
+    # Published q4 decoders too (level 4): one-row and multi-row WebGPU kernels must agree for drafts to verify.
+    if v.role == "decoder" and options.float_activations and optimize.float_activations(v.model):
+        v.optimizations.append("float_activations")
     # After the conversion (ORT-web's own q4 fusions must still match) and before argmax (nothing of it fuses).
     if v.role == "decoder" and options.fuse and any(fuse.fuse(v.model).counts.values()):
         v.optimizations.append("fuse")  # only where something was fused
@@ -186,7 +189,7 @@ def _write(dest: Path, options: ModelBuildOptions, source: Source, variants: lis
             "preset": options.preset,
             "optimizations": {
                 name: any(name in v.optimizations for v in variants)
-                for name in ("last_logits", "q4_lm_head", "argmax", "fuse", "plain_attention")
+                for name in ("last_logits", "q4_lm_head", "argmax", "fuse", "float_activations", "plain_attention")
             },
             "max_shard_mb": options.max_shard_mb,
             "graphs": graphs,

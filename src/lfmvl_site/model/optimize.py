@@ -6,6 +6,10 @@
   the head on all but the last rows (a 640x480 frame's 286 rows: 33 kept, 253 skipped).
 * :func:`q4_lm_head`: the tied lm_head (``MatMul(h, Transpose(embed_tokens.weight))``) becomes a symmetric
   q4 MatMulNBits with its own weight copy; the decoder no longer carries the fp32 table. embed_tokens is untouched.
+* :func:`float_activations`: every decoder MatMulNBits gets ``accuracy_level`` 0 (float activations). At level 4, as
+  published, onnxruntime's WebGPU EP quantizes activations to int8 for a DP4A kernel, in two kernels per matmul,
+  and its multi-row and one-row kernels then disagree by up to 3 logits (H200, full-size model): a draft verified
+  in one multi-row run gets other tokens than one-row greedy steps. At level 0 they agree within 3e-4 (BENCHMARKS.md).
 * :func:`add_argmax`: extra outputs ``next_tokens`` int64 ``[B, R]`` (the argmax of each of the last R <=
   VERIFY_ROWS positions' logits) and ``next_token`` int64 ``[B]`` (the last of them), over the ids the tokenizer
   has (first index on ties, like numpy): greedy decoding reads back one id, draft verification R ids, instead of
@@ -93,6 +97,24 @@ def last_logits(model: onnx.ModelProto) -> onnx.ModelProto:
     dims = _output_dims(model, "logits")
     _set_output_dims(model, "logits", [dims[0], KEPT_POSITIONS, dims[2]])
     return model
+
+
+def float_activations(model: onnx.ModelProto) -> int:
+    """Set ``accuracy_level`` 0 on every MatMulNBits (in place); returns how many were at another level."""
+    from onnx import helper
+
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type != "MatMulNBits":
+            continue
+        level = next((a for a in node.attribute if a.name == "accuracy_level"), None)
+        if level is None:
+            continue  # absent means 0
+        if level.i != 0:
+            node.attribute.remove(level)
+            node.attribute.append(helper.make_attribute("accuracy_level", 0))
+            changed += 1
+    return changed
 
 
 def q4_lm_head(model: onnx.ModelProto, *, progress: bool = False) -> onnx.ModelProto:

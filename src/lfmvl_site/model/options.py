@@ -55,6 +55,8 @@ class ModelBuildOptions:
     argmax: bool = True
     # Fewer decoder nodes per step (model/fuse.py): exact up to float rounding (docs/ARCHITECTURE.md, Fusion).
     fuse: bool = True
+    # q4 decoder matmuls on float activations (model/optimize.py float_activations): drafts verify exactly on WebGPU.
+    float_activations: bool = True
     # The vision graph's MultiHeadAttention as standard ops (model/attention.py): off, since real GPUs are right.
     plain_attention: bool = False
     progress: bool = True
@@ -97,7 +99,7 @@ def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
 
 _OPTION_NAMES = (
     "repo_id", "revision", "model_dir", "synthetic", "seed", "synthetic_size", "vision", "decoder",
-    "embed_tokens", "max_shard_mb", "last_logits", "q4_lm_head", "argmax", "fuse",
+    "embed_tokens", "max_shard_mb", "last_logits", "q4_lm_head", "argmax", "fuse", "float_activations",
     "plain_attention",
 )
 
@@ -150,6 +152,10 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--fuse/--no-fuse", default=True, show_default=True,
                      help="Fuse decoder nodes (residual Add + RMSNorm, constant conv slices, shared-input "
                           "projections) for fewer GPU dispatches per token (exact up to float rounding)."),
+        click.option("--float-activations/--int8-activations", default=True, show_default=True,
+                     help="q4 decoder matmuls on float activations (MatMulNBits accuracy_level 0); the published "
+                          "level 4 quantizes them to int8 on WebGPU, where multi-row and one-row kernels then "
+                          "disagree and speculative drafts stop matching plain greedy decoding."),
         click.option("--plain-attention/--fused-attention", default=False, show_default=True,
                      help="Spell the vision encoder's MultiHeadAttention with MatMul/Softmax: right on software "
                           "WebGPU adapters (SwiftShader), where onnxruntime-web's fused kernel is wrong; slower on GPUs."),

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Static-shape decode step + graph capture on the device (issue 7, "attack the overhead"), one call, with .gpubench/
 # carried (benchmarks/gpu/carry.sh). Writes $OUT/{nvidia.txt,bandwidth.json,prepare_static.json,static.json,log}.
-#   device tool: run(command="bash benchmarks/gpu/static_run.sh", carry=[".gpubench"], kind="nvidia-h100-x1")
+#   device tool: run(command="bash benchmarks/gpu/static_run.sh", carry=[".gpubench"], kind="nvidia-h200")
 #   here (SwiftShader, tiny model): OUT=/tmp/o LOCAL_TEST=1 SIZE=tiny MAX_LEN=64 bash benchmarks/gpu/static_run.sh
 set -u
 T0=$(date +%s)

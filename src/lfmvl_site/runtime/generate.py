@@ -64,7 +64,9 @@ class Timings:
         return self.preprocess_ms + self.prompt_ms + self.vision_ms + self.prefill_ms
 
     def as_dict(self) -> dict[str, Any]:
-        decode = self.token_ms[1:]  # token 0 comes out of the prefill
+        # Tokens per second of decoder time, prefill included: a drafted caption may come out of one run, where a
+        # rate over the tokens after the first would divide by next to nothing.
+        decoder_ms = sum(self.run_ms)
         return {
             "preprocess_ms": round(self.preprocess_ms, 3),
             "prompt_ms": round(self.prompt_ms, 3),
@@ -75,7 +77,7 @@ class Timings:
             "run_ms": [round(t, 3) for t in self.run_ms],
             "decoder_runs": len(self.run_ms),
             "features_reused": self.features_reused,
-            "tokens_per_s": round(1000.0 * len(decode) / sum(decode), 2) if decode and sum(decode) > 0 else None,
+            "tokens_per_s": round(1000.0 * len(self.token_ms) / decoder_ms, 2) if self.token_ms and decoder_ms > 0 else None,
         }
 
 

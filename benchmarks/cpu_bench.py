@@ -58,7 +58,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "all three, unfused": ("last_logits", "argmax", "q4_lm_head"),
     "all three + fuse, int8 activations": ("last_logits", "argmax", "q4_lm_head", "fuse"),
     # MatMulNBits accuracy_level 0: float activations (level 4, as published, quantizes them to int8 for DP4A).
-    "site default (all three + fuse + float activations)": ("last_logits", "argmax", "q4_lm_head", "fuse", "level0"),
+    "site default (all three + fuse + float activations)": ("last_logits", "argmax", "q4_lm_head", "fuse", "float_activations"),
 }
 
 
@@ -103,7 +103,7 @@ def decoder_variants(fp32_decoder: onnx.ModelProto, names: list[str] | None = No
             optimize.last_logits(m)
         if "q4_lm_head" in opts:
             m = optimize.q4_lm_head(m)
-        if "level0" in opts:
+        if "float_activations" in opts:
             optimize.float_activations(m)
         if "fuse" in opts:  # the build's order: after the q4 conversion, before argmax
             fuse.fuse(m)

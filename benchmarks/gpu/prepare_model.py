@@ -25,6 +25,7 @@ from cpu_bench import VARIANTS, decoder_variants
 from measure import decode_weight_bytes
 
 from lfmvl_site.model import contract, quantize
+from lfmvl_site.model.build import OPTIMIZATIONS
 from lfmvl_site.model.options import DEFAULT_MAX_SHARD_MB
 from lfmvl_site.model.resolve import CONFIG_FILES
 from lfmvl_site.model.shard import save_sharded
@@ -113,7 +114,7 @@ def main() -> None:
         e = entry(m, root, f"onnx/decoder_q4_{slug(name)}.onnx", "q4")
         manifest = {"format": 1, "source": {"synthetic": True, "size": a.size},
                     "preset": {"embed_tokens": "fp32", "embed_images": "q4", "decoder": "q4"},
-                    "optimizations": {k: k in VARIANTS[name] for k in ("last_logits", "q4_lm_head", "argmax", "fuse")},
+                    "optimizations": {k: k in VARIANTS[name] for k in OPTIMIZATIONS},
                     "graphs": {**graphs, "decoder": [e]}, "files": files + _files(root, "decoder_q4_" + slug(name))}
         path = root / f"manifest-{slug(name)}.json"
         path.write_text(json.dumps(manifest, indent=1))

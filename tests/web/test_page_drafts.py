@@ -6,38 +6,21 @@ the page captioned, with the graphs the page chose (wasm: the site's exact-prese
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from .conftest import launch
+from .test_page import TOKENS, _native_runtime, _page_frame
 
 pytestmark = pytest.mark.browser
 
-TOKENS = 12
-PROMPT = "Describe this image."
-
-
-def _plain_native(rgba: np.ndarray, model_dir: Path, precision: dict[str, str]) -> Any:
-    from lfmvl_site.runtime.generate import Captioner
-    from lfmvl_site.runtime.native import NativeBackend
-    from lfmvl_site.runtime.sampling import SamplingSettings
-
-    async def run() -> Any:
-        captioner = await Captioner.load(NativeBackend(model_dir, precision=precision))
-        return await captioner.caption(rgba, PROMPT, settings=SamplingSettings(max_new_tokens=TOKENS))
-
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # Playwright's sync API owns this thread's loop
-        return pool.submit(asyncio.run, run()).result()
-
 
 def test_still_camera_captions_are_drafted_and_equal_plain_greedy(playwright_instance: Any, site_url: str,
-                                                                  built_site: Path, camera_y4m: Path) -> None:
+                                                                  built_site: Path, camera_y4m: Path,
+                                                                  tmp_path: Path) -> None:
     browser = launch(playwright_instance, fake_camera=camera_y4m)
     try:
         page = browser.new_page()
@@ -46,14 +29,12 @@ def test_still_camera_captions_are_drafted_and_equal_plain_greedy(playwright_ins
         page.click("#toggle")  # pause: the captions so far are what the test reads
         captions = page.evaluate("() => window.lfmvl.state.captions.slice(0, 4)")
         info = page.evaluate("() => window.lfmvl.state.info")
-        frame = page.evaluate("async () => { const f = await window.lfmvl.lastFrame();"
-                              " return {w: f.width, h: f.height, data: Array.from(f.data)}; }")
+        rgba, _ = _page_frame(page, tmp_path)
         figure = page.inner_text("#f-draft")
     finally:
         browser.close()
-    rgba = np.asarray(frame["data"], dtype=np.uint8).reshape(frame["h"], frame["w"], 4)
     precision = {c["role"]: c["precision"] for c in info["choices"]}
-    plain = _plain_native(rgba, built_site / "model", precision)
+    plain = _native_runtime(rgba, built_site / "model", precision)
     assert plain.decoder_runs == len(plain.token_ids) + (plain.stop_reason == "eos")  # the reference: no drafts
     first, *rest = captions
     assert first["speculative"] is True and first["features_reused"] is False
@@ -73,26 +54,19 @@ def test_drafted_streams_equal_plain_greedy_in_pyodide(playwright_instance: Any,
     same tokens, with fewer decoder runs. Drafts are rolled back on the cuts; accepted whole on repeats."""
     import shutil
 
+    from lfmvl_site.benchmarks import load_cpu_bench
     from lfmvl_site.serve import serving
-    from lfmvl_site.site import assets
 
-    repo = Path(__file__).resolve().parents[2]
+    bench = load_cpu_bench()  # its bench page, installed into a copy of the site as `lfmvl-site bench` does
     dist = tmp_path / "dist"
     shutil.copytree(built_site, dist)
-    (dist / "bench").mkdir()
-    for f in ("index.html", "loops.mjs", "bench_py.py"):
-        shutil.copyfile(repo / "benchmarks" / "page" / f, dist / "bench" / f)
-    stream_py = (repo / "benchmarks" / "gpu" / "stream_py.py").read_text()
-    manifest = json.loads((dist / "manifest.json").read_text())
+    bench._install_bench_page(dist)
+    stream_py = (bench.repo_root() / "benchmarks" / "gpu" / "stream_py.py").read_text()
     browser = launch(playwright_instance)
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
     with serving(dist) as base:
         try:
-            page = browser.new_page()
-            page.goto(base + "bench/index.html")
-            page.wait_for_function("() => window.bench && window.bench.root", timeout=60_000)
-            page.evaluate("(a) => window.bench.init(a)", {
-                "packages": list(assets.PYODIDE_PACKAGES), "wheel": base + manifest["runtime_wheel"], "threads": 1})
+            page = bench._bench_page(browser, base, dist, threads=1)
             page.evaluate("(a) => window.bench.load(a)", {"modelUrl": base + "model/", "device": "wasm", "features": []})
             page.evaluate("(src) => window.bench.pyodide.FS.writeFile('/home/pyodide/lfmvl_stream.py', src)", stream_py)
             for kind in ("same", "moving", "cuts"):

@@ -32,6 +32,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = 1
+# The graph rewrites a manifest records (its "optimizations"), in the order the build applies them.
+OPTIMIZATIONS = ("last_logits", "q4_lm_head", "float_activations", "fuse", "argmax", "plain_attention")
 
 # Variants shipped per chosen precision, in order of preference. fp16 programs need the WebGPU feature
 # shader-f16; without it the page takes the next variant. q4 is MatMulNBits on fp32 activations (no f16
@@ -189,7 +191,7 @@ def _write(dest: Path, options: ModelBuildOptions, source: Source, variants: lis
             "preset": options.preset,
             "optimizations": {
                 name: any(name in v.optimizations for v in variants)
-                for name in ("last_logits", "q4_lm_head", "argmax", "fuse", "float_activations", "plain_attention")
+                for name in OPTIMIZATIONS
             },
             "max_shard_mb": options.max_shard_mb,
             "graphs": graphs,

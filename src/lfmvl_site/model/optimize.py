@@ -101,19 +101,14 @@ def last_logits(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def float_activations(model: onnx.ModelProto) -> int:
     """Set ``accuracy_level`` 0 on every MatMulNBits (in place); returns how many were at another level."""
-    from onnx import helper
-
     changed = 0
     for node in model.graph.node:
         if node.op_type != "MatMulNBits":
             continue
-        level = next((a for a in node.attribute if a.name == "accuracy_level"), None)
-        if level is None:
-            continue  # absent means 0
-        if level.i != 0:
-            node.attribute.remove(level)
-            node.attribute.append(helper.make_attribute("accuracy_level", 0))
-            changed += 1
+        for a in node.attribute:  # an absent attribute means 0 already
+            if a.name == "accuracy_level" and a.i != 0:
+                a.i = 0
+                changed += 1
     return changed
 
 

@@ -87,8 +87,80 @@ def built_model_figures(root: Path) -> dict[str, Any]:
     return out
 
 
+# The published tokenizer.json (../shared/fixtures/lfm2.5-vl-1.6b: byte-identical to the hub's), plus the small
+# configs and chat template every choice downloads too.
+TOKENIZER_BYTES = 4_733_040
+CONFIG_BYTES = 20_000
+_FLOAT_BYTES = {"fp32": 4, "fp16": 2}
+
+
+def _graph_bytes(shapes: list[tuple[str, tuple[int, ...]]], precision: str) -> int:
+    """Weight bytes of a graph: q4 packs every 2-D Linear weight (4-bit codes + an fp32 scale per block of 32,
+    as model/quantize.py writes them; the rest stays fp32), fp16/fp32 store everything at that width."""
+    import math
+
+    total = 0.0
+    for name, shape in shapes:
+        n = math.prod(shape)
+        tables = ("embed_tokens.weight", "position_embedding.weight")  # lookups: no MatMul to quantize
+        linear = len(shape) == 2 and name.endswith(".weight") and not name.endswith(tables)
+        if precision == "q4":
+            total += n * Q4_BYTES_PER_WEIGHT if linear else n * 4
+        else:
+            total += n * _FLOAT_BYTES[precision]
+    return int(total)
+
+
+def graph_sizes(size: str) -> dict[str, dict[str, int]]:
+    """Bytes of each graph (role → precision → bytes) of a model of the dimensions ``size`` (synth sizes: "full" =
+    the real 1.6B, "450m" the real 450M), computed from the parameter shapes (synth/weights.py: the transformers
+    checkpoint's names and shapes) and the decoder's constant rotary caches. Graph structure (node definitions)
+    is left out: tens of KB per graph."""
+    from lfmvl_site.synth.configs import model_config
+    from lfmvl_site.synth.weights import LM, _specs
+
+    config = model_config(size)
+    t = config["text_config"]
+    specs = [(name, shape) for name, (shape, _, _) in _specs(config).items()]
+    embed = [(n, s) for n, s in specs if n == f"{LM}.embed_tokens.weight"]
+    vision = [(n, s) for n, s in specs if not n.startswith(LM)]
+    head_dim = t["hidden_size"] // t["num_attention_heads"]
+    rope = ("rope", (2, int(t["max_position_embeddings"]), head_dim // 2))  # cos and sin caches, float
+    decoder = [(n, s) for n, s in specs if n.startswith(LM) and n not in dict(embed)]
+    decoder.append(("lm_head.weight", embed[0][1]))  # the tied head: a copy of the table, q4 with --q4-lm-head
+    return {
+        "embed_tokens": {p: _graph_bytes(embed, p) for p in ("fp32", "fp16")},
+        "embed_images": {p: _graph_bytes(vision, p) for p in ("fp32", "fp16", "q4")},
+        "decoder": {p: _graph_bytes(decoder, p) + math_prod(rope[1]) * (2 if p == "fp16" else 4)
+                    for p in ("fp32", "fp16", "q4")},
+    }
+
+
+def download_sizes(size: str) -> dict[str, dict[str, int]]:
+    """Bytes each VISION/DECODER preset downloads per device class (runtime/choices.py's), from :func:`graph_sizes`
+    plus the tokenizer and configs."""
+    graphs = graph_sizes(size)
+    fallback = {"fp16": "q4", "q4": "q4", "fp32": "fp32"}  # without shader-f16 (model/build.py _FALLBACKS)
+    shared = TOKENIZER_BYTES + CONFIG_BYTES
+    out: dict[str, dict[str, int]] = {}
+    for preset in ("q4/q4", "fp16/q4", "fp16/fp16"):
+        v, d = preset.split("/")
+        full = graphs["embed_tokens"]["fp16"] + graphs["embed_images"][v] + graphs["decoder"][d]
+        no_f16 = (graphs["embed_tokens"]["fp32"] + graphs["embed_images"][fallback[v]]
+                  + graphs["decoder"][fallback[d]])
+        out[preset] = {"webgpu-f16": shared + full, "webgpu": shared + no_f16, "wasm": shared + full}
+    return out
+
+
+def math_prod(shape: tuple[int, ...]) -> int:
+    import math
+
+    return math.prod(shape)
+
+
 def main(argv: list[str]) -> None:
     print(json.dumps(real_model_figures(), indent=1))
+    print(json.dumps({size: download_sizes(size) for size in ("450m", "full")}, indent=1))
     for arg in argv:
         print(json.dumps(built_model_figures(Path(arg)), indent=1))
 

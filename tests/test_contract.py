@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 WEB = REPO / "web"
 JS = {p.name: p.read_text(encoding="utf-8") for p in sorted(WEB.glob("*.js"))}
 DATA = contract.as_data()
-JS_MEMBERS = {"readFiles", "checkSetting"}  # what contract.js adds in JavaScript beside the data
+JS_MEMBERS = {"readFiles", "checkSetting", "isGraphFile"}  # what contract.js adds in JavaScript beside the data
 NODE = shutil.which("node")
 
 

@@ -27,6 +27,9 @@ const $ = (id) => document.getElementById(id);
 const state = {
   ready: false,
   switching: false,        // the backend is being switched: no frames are sent
+  switchingModel: false,   // another model choice is loading: no frames are sent
+  choice: null,            // the settings.choices id loaded (or loading)
+  deviceClass: null,       // which download of each choice this device takes (webgpu-f16 | webgpu | wasm)
   running: false,
   inFlight: false,
   lastSent: 0,
@@ -63,6 +66,7 @@ window.lfmvl = {
   contract: C,
   lastFrame: () => new Promise((resolve) => { pending.push(resolve); worker.postMessage({ type: IN.lastFrame }); }),
   start: () => start(),
+  showCache: () => showCache(),
 };
 
 // ---------------------------------------------------------------- messages
@@ -234,7 +238,7 @@ if (sw) {
 // What this device needs offline: every file but the model graphs, plus the graph files of the variants this
 // device runs (the worker's plan names them). Variants for other GPUs are not counted.
 const needed = new Set();
-const neededByThisDevice = (path) => !path.startsWith("model/onnx/") || needed.has(path);
+const neededByThisDevice = (path) => !C.isGraphFile(path) || needed.has(path);
 async function showCache() {
   if (!sw) return;
   const [info, est] = await Promise.all([sw.cacheInfo(state.info ? neededByThisDevice : "all"), sw.estimate()]);
@@ -243,6 +247,39 @@ async function showCache() {
     `cached for offline use (${(info.cachedBytes / 1e6).toFixed(1)} of ${(info.totalBytes / 1e6).toFixed(1)} MB)` +
     (est && est.free != null ? `, ${(est.free / 1e9).toFixed(1)} GB free` : "") +
     (sw.persisted ? ", persistent" : "");
+  await showChoiceCache();
+}
+// Per model choice (sites with several): what of its download for this device is cached, and a way to delete it.
+async function showChoiceCache() {
+  const list = $("choiceCache");
+  if (CHOICES.length < 2 || !state.deviceClass) { list.replaceChildren(); return; }
+  const rows = await Promise.all(CHOICES.map(async (c) => {
+    const files = c.downloads[state.deviceClass].files;
+    const info = await sw.cacheInfo(files);
+    const li = document.createElement("li");
+    li.dataset.choice = c.id;
+    const text = document.createElement("span");
+    text.textContent = `${c.label}: ${mb(info.cachedBytes)} of ${mb(info.totalBytes)} MB cached` +
+      (c.id === state.choice ? " (in use)" : "");
+    li.append(text);
+    if (info.cachedBytes > 0) {
+      const del = document.createElement("button");
+      del.type = "button";
+      del.textContent = "Delete";
+      del.setAttribute("aria-label", `Delete ${c.label} from the offline cache`);
+      del.onclick = async () => {
+        // Files the model in use needs stay (presets of one model share their configs and some graphs).
+        const inUse = new Set(state.choice ? choiceById(state.choice).downloads[state.deviceClass].files : []);
+        const got = await sw.deleteFiles(files.filter((p) => !inUse.has(p)));
+        say("cache", `Deleted ${c.label} from the offline cache (${mb(got.bytes)} MB): choosing it again ` +
+          "downloads it again.", "info");
+        await showCache();
+      };
+      li.append(del);
+    }
+    return li;
+  }));
+  list.replaceChildren(...rows);
 }
 $("clearCache").onclick = async () => {
   if (!sw) return;
@@ -271,6 +308,56 @@ async function resolveDevice(wanted) {
   return soft ? { device: DEV.wasm, why: WHY.software_adapter, adapter: soft } : { device: wanted, why: null, adapter: null };
 }
 
+// ---------------------------------------------------------------- model choice (sites with several models)
+
+// The build's model × preset list (runtime/choices.py); Python picks the default for this device.
+const CHOICES = settings.choices || [];
+const CHOICE_STORE = "lfmvl-model-choice";
+const choiceById = (id) => CHOICES.find((c) => c.id === id);
+function rememberedChoice() {
+  const wanted = params.get("model");
+  if (wanted && choiceById(wanted)) return wanted;
+  try { return localStorage.getItem(CHOICE_STORE) || ""; } catch { return ""; }
+}
+function showChoices() {
+  const sel = $("model");
+  $("modelPick").hidden = CHOICES.length < 2;
+  sel.replaceChildren(...CHOICES.map((c) => {
+    const o = document.createElement("option");
+    o.value = c.id;
+    const size = state.deviceClass ? ` · ${mb(c.downloads[state.deviceClass].bytes)} MB` : "";
+    o.textContent = c.label + size;
+    return o;
+  }));
+  if (state.choice) sel.value = state.choice;
+  sel.disabled = !state.ready;
+}
+function showChoice(m) {
+  const first = state.choice === null;
+  state.choice = m.id;
+  state.deviceClass = m.device_class;
+  needed.clear();  // the new choice's plan names its files
+  showChoices();
+  const c = choiceById(m.id);
+  if (c && CHOICES.length > 1) {
+    $("modelNote").textContent = `${c.label}: ${mb(c.downloads[m.device_class].bytes)} MB for this device ` +
+      `(${m.why}).`;
+    if (!first) $("status").textContent = `Loading ${c.label}…`;
+  }
+}
+$("model").onchange = () => {
+  const id = $("model").value;
+  if (!choiceById(id) || id === state.choice) return;
+  try { localStorage.setItem(CHOICE_STORE, id); } catch { /* private mode: not kept */ }
+  params.set("model", id);
+  history.replaceState(null, "", `${location.pathname}?${params}`);
+  state.ready = false;
+  state.switchingModel = true;
+  $("model").disabled = true;
+  $("load").hidden = false;
+  worker.postMessage({ type: IN.choose, choice: id });
+};
+
 const deviceKey = S.device.key;
 const wantedDevice = check(deviceKey, $(FIELD[deviceKey]).value).value ?? S.device.default;
 state.resolved = await resolveDevice(wantedDevice);
@@ -286,7 +373,8 @@ if (!self.crossOriginIsolated) {
 }
 $("isolation").textContent = self.crossOriginIsolated ? "cross-origin isolated" : "not isolated";
 
-worker.postMessage({ type: IN.init, settings, device: state.resolved.device, verbose: params.has("verbose") });
+worker.postMessage({ type: IN.init, settings, device: state.resolved.device, verbose: params.has("verbose"),
+                    choice: rememberedChoice() });
 
 const LOAD_ERRORS = ["download", "storage", "memory", "model", "error"];
 $("retry").onclick = () => {
@@ -379,13 +467,17 @@ function showReady(m) {
   const first = state.info === null;
   state.ready = true;
   state.switching = false;
+  const switchedModel = state.switchingModel;
+  state.switchingModel = false;
   state.info = m;
+  showChoices();
   if (first) state.pageReadyMs = performance.now() - state.started;
   const precisions = m.choices.map((c) => `${c.role} ${c.precision}${c.device !== m.device ? ` (${wordsOf(deviceKey, c.device)})` : ""}`).join(", ");
   const auto = state.resolved.why === WHY.software_adapter ? ` (${wordsOf(deviceKey, DEV.auto)}: software GPU skipped)` : "";
   $("backend").textContent = `${wordsOf(deviceKey, m.device)}${auto} · ${precisions}`;
   $("status").textContent = first ? `Ready in ${(state.pageReadyMs / 1000).toFixed(1)} s. ${m.describe}`
-    : `Switched to ${wordsOf(deviceKey, m.device)}. ${m.describe}`;
+    : switchedModel ? `Switched to ${choiceById(m.choice)?.label ?? m.choice}. ${m.describe}`
+      : `Switched to ${wordsOf(deviceKey, m.device)}. ${m.describe}`;
   $("retry").hidden = true;
   for (const key of LOAD_ERRORS) unsay(key);  // whatever failed on the way was retried and got through
   $("load").hidden = true;                    // the loading view gives way to the captioning view
@@ -423,6 +515,9 @@ function handle(m) {
     case OUT.backend:
       showBackend(m);
       break;
+    case OUT.choice:
+      showChoice(m);
+      break;
     case OUT.ready:
       showReady(m);
       break;
@@ -447,7 +542,13 @@ function handle(m) {
     case OUT.error:
       state.inFlight = false;
       showError(m.error);
-      if (state.switching) {
+      if (state.switchingModel) {
+        state.switchingModel = false;
+        $("status").textContent = `Loading ${choiceById(state.choice)?.label ?? "the model"} failed.`;
+        $("retry").hidden = false;
+        $("load").hidden = false;
+        $("fileDetails").open = true;
+      } else if (state.switching) {
         state.switching = false;
         $("status").textContent = `Switching the backend failed; still on ${wordsOf(deviceKey, state.info.device)}.`;
       } else if (!state.ready) {
@@ -501,7 +602,7 @@ function recordCaption(m) {
                   token_ids: m.token_ids, width: m.width, height: m.height, stop_reason: m.stop_reason, timings: t,
                   decoder_runs: m.decoder_runs, speculative: m.speculative, features_reused: m.features_reused,
                   draft_tokens_proposed: m.draft_tokens_proposed, draft_tokens_accepted: m.draft_tokens_accepted,
-                  kept: m.kept, kept_live: m.kept_live };
+                  kept: m.kept, kept_live: m.kept_live, model: m.choice };
   state.captions.push(entry);
   // The complete caption replaces the previous one only now; screen readers hear complete captions only.
   $("caption").textContent = m.text;
@@ -824,12 +925,12 @@ async function loop() {
       const interval = settingValue(S.interval_ms.key);
       const now = performance.now();
       const due = now - state.lastSent >= interval;
-      if (due && interval > 0 && (state.inFlight || state.switching) && now - state.lastDropped >= interval) {
+      if (due && interval > 0 && (state.inFlight || state.switching || state.switchingModel) && now - state.lastDropped >= interval) {
         // A frame was due but a caption is still running: that frame is dropped (one per interval missed).
         countDropped();
         state.lastDropped = now;
       }
-      if (!state.inFlight && !state.switching && due) {
+      if (!state.inFlight && !state.switching && !state.switchingModel && due) {
         const mediaTime = state.source === "video" ? $("video").currentTime : null;  // the time of the frame grabbed
         const bitmap = await grab().catch(() => null);
         if (bitmap && state.running) {

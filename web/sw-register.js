@@ -5,7 +5,7 @@
  *     url: './sw.js', scope: './',   // where sw.js sits (site root) and what it controls
  *     reloadForIsolation: true,      // reload once when the shim can make the page crossOriginIsolated
  *     persist: true,                 // ask for persistent storage (navigator.storage.persist)
- *     precache: 'shell',             // 'shell': every manifest file outside model/onnx/ (page, Pyodide,
+ *     precache: 'shell',             // 'shell': every manifest file but the graphs (C.isGraphFile: page, Pyodide,
  *                                    //   onnxruntime-web, runtime wheel, model configs) in the background;
  *                                    // 'all' | 'none' | (path) => boolean
  *     timeoutMs: 10000,              // how long to wait for the worker to take control on a first visit
@@ -34,6 +34,7 @@
  *                        onProgress({path, loaded, size, doneBytes, totalBytes}); files already verified
  *                        in the cache are skipped, so an interrupted download resumes by file.
  *   clearCache()         -> deletes this site's caches (the next visit downloads again)
+ *   deleteFiles(paths)   -> {deleted, bytes}: drops these manifest paths from the offline cache (e.g. one model)
  */
 
 import './contract.js';
@@ -235,6 +236,20 @@ export async function registerServiceWorker(opts = {}) {
       return result;
     },
 
+    async deleteFiles(paths) {
+      const out = {deleted: 0, bytes: 0};
+      if (!self.caches) return out;
+      const sizes = new Map(selectFiles(await readManifest(scopeUrl), 'all').map((f) => [f.path, f.size || 0]));
+      const cache = await caches.open(CACHE_FILES);
+      for (const p of paths) {
+        if (await cache.delete(new URL(p, scopeUrl).href)) {
+          out.deleted += 1;
+          out.bytes += sizes.get(p) || 0;
+        }
+      }
+      return out;
+    },
+
     async clearCache() {
       if (!self.caches) return;
       for (const name of await caches.keys()) {
@@ -247,7 +262,7 @@ export async function registerServiceWorker(opts = {}) {
   };
 
   if (supported && precache !== 'none') {
-    const sel = precache === 'shell' ? (p) => !p.startsWith('model/onnx/') : precache;
+    const sel = precache === 'shell' ? (p) => !C.isGraphFile(p) : precache;
     // Background: the page does not wait for it; failures surface through `errors`/events.
     controlled.then((ok) => (ok ? api.precache(sel) : null)).catch(() => {});
   }

@@ -24,6 +24,7 @@ let prompt = C.settings.prompt.default;
 let options = { [C.settings.max_new_tokens.key]: C.settings.max_new_tokens.default };
 let lastFrame = null;   // {id, width, height, data}
 let lastInit = null;    // the init message, for a retry
+let current = null;     // the settings.choices entry loaded (or loading)
 const failures = new Map(); // site path -> {code, file, status, detail}: downloads that failed, latest last
 let canvas = null;
 let ctx = null;
@@ -167,7 +168,10 @@ async function init(msg) {
   failures.clear();
   const t0 = performance.now();
   const s = msg.settings;
-  const modelUrl = new URL(s.model_url.replace(/\/?$/, "/"), base).href;
+  const choices = s.choices || [];
+  // Python picks the choice once it runs; the remembered one (or a site's only model) is fetched ahead.
+  const ahead = choices.find((c) => c.id === msg.choice) ||
+    (new Set(choices.map((c) => c.model)).size <= 1 ? choices[0] : null);
 
   ort.env.wasm.wasmPaths = new URL("ort/", base).href;
   // Threads need SharedArrayBuffer, i.e. a cross-origin isolated page.
@@ -186,14 +190,14 @@ async function init(msg) {
     });
   }
   const warming = warmOrt();
-  prefetchTexts(modelUrl);
+  if (ahead) prefetchTexts(new URL(ahead.model_url, base).href);
   const sizing = readSizes().catch(() => []);
   const choosing = chooseDevice(msg.device || DEV.auto);
 
   const files = await sizing;
   // What this load fetches: Pyodide, onnxruntime-web's wasm, packages, the wheel, the model's configs (the
   // page's own files are here already; the graphs come with the Python side's plan, once it has chosen).
-  const fetched = (p) => p.includes("/") && !p.startsWith("model/onnx/") && !/\.m?js$/.test(p);
+  const fetched = (p) => p.includes("/") && !C.isGraphFile(p) && !/\.m?js$/.test(p);
   post({ type: OUT.plan, files: files.filter((f) => fetched(f.path)).map((f) => ({ file: f.path, size: f.size })) });
 
   post({ type: OUT.status, phase: "backend", text: "Choosing a backend…" });
@@ -216,11 +220,10 @@ async function init(msg) {
   }
   const tPkgs = performance.now();
 
-  post({ type: OUT.status, phase: "model", text: "Loading the model…" });
+  const pick = JSON.parse(runtime.choose(JSON.stringify(choices), dev.device, dev.features, msg.choice || ""));
+  if (pick.error) { fail(loadError(pick.error), "load"); return; }
   await warming;
-  const onPlan = (json) => post({ type: OUT.plan, files: JSON.parse(json) });
-  const info = JSON.parse(await runtime.load(ort, modelUrl, dev.device, dev.features,
-                                             fetchBytes, fetchText, !!msg.verbose, onPlan));
+  const info = await loadChoice(choices.find((c) => c.id === pick.id), pick, dev, !!msg.verbose);
   if (info.error) {
     fail(loadError(info.error), "load");
     return;
@@ -232,9 +235,40 @@ async function init(msg) {
     type: OUT.ready,
     ...info,
     ...dev,
+    choice: current.id,
     threads: ort.env.wasm.numThreads,
     timings: { pyodide_ms: tPy - t0, packages_ms: tPkgs - tPy, model_ms: tModel - tPkgs, total_ms: tModel - t0 },
   });
+}
+
+let lastDev = null;  // the backend in use: a choice switch keeps it
+async function loadChoice(choice, pick, dev, verbose) {
+  current = choice;
+  lastDev = dev;
+  post({ type: OUT.choice, id: choice.id, why: pick.why, device_class: pick.device_class });
+  post({ type: OUT.status, phase: "model", text: `Loading ${choice.label}…` });
+  const onPlan = (json) => post({ type: OUT.plan, files: JSON.parse(json) });
+  return JSON.parse(await runtime.load(ort, new URL(choice.model_url, base).href, dev.device, dev.features,
+                                       fetchBytes, fetchText, verbose, onPlan, choice.preset || ""));
+}
+
+async function switchChoice(id) {
+  const choice = ((lastInit && lastInit.settings.choices) || []).find((c) => c.id === id);
+  if (!loaded || !choice || (current && current.id === id)) return;
+  if (runtime) runtime.cancel();
+  while (busy) await new Promise((r) => setTimeout(r, 10));  // the running caption stops at its next step
+  busy = true;
+  loaded = false;
+  lastInit.choice = id;  // a retry after a failure retries this choice
+  try {
+    const pick = JSON.parse(runtime.choose(JSON.stringify([choice]), lastDev.device, lastDev.features, id));
+    const info = await loadChoice(choice, { ...pick, why: "you chose it" }, lastDev, !!lastInit.verbose);
+    if (info.error) { fail(loadError(info.error), "choose"); return; }
+    loaded = true;
+    post({ type: OUT.ready, ...info, ...lastDev, choice: id, threads: ort.env.wasm.numThreads, timings: {} });
+  } finally {
+    busy = false;
+  }
 }
 
 async function switchDevice(wanted) {
@@ -242,11 +276,12 @@ async function switchDevice(wanted) {
   busy = true;
   try {
     post({ type: OUT.status, phase: "backend", text: "Switching the backend…" });
-    const dev = await chooseDevice(wanted);
+    const dev = lastDev = await chooseDevice(wanted);
     post({ type: OUT.backend, ...dev });
     const info = JSON.parse(await runtime.switch(ort, dev.device, dev.features));
     if (info.error) { fail(loadError(info.error), "device"); return; }
-    post({ type: OUT.ready, ...info, ...dev, threads: ort.env.wasm.numThreads, timings: {} });
+    post({ type: OUT.ready, ...info, ...dev, choice: current && current.id, threads: ort.env.wasm.numThreads,
+           timings: {} });
   } finally {
     busy = false;
   }
@@ -264,7 +299,7 @@ function pixelsOf(bitmap) {
 }
 
 async function captionFrame(msg) {
-  const echo = { id: msg.id, source: msg.source, media_time: msg.media_time };
+  const echo = { id: msg.id, source: msg.source, media_time: msg.media_time, choice: current && current.id };
   if (busy || !runtime || !loaded) {            // drop, never queue
     msg.bitmap.close();
     post({ type: OUT.dropped, id: msg.id });
@@ -318,6 +353,9 @@ self.onmessage = async (ev) => {
         break;
       case IN.device:
         await switchDevice(msg.device);
+        break;
+      case IN.choose:
+        await switchChoice(msg.choice);
         break;
       case IN.lastFrame:
         post({ type: OUT.lastFrame, frame: lastFrame ? { id: lastFrame.id, width: lastFrame.width, height: lastFrame.height, data: lastFrame.data.slice() } : null });

@@ -124,21 +124,28 @@ def read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
     return prompt
 
 
-def resolve_model_dir(model_dir: Path | None, repo_id: str | None, revision: str | None) -> tuple[Path, dict[str, str]]:
-    """A local directory to run from, and the precision of each graph."""
+def resolve_model_dir(model_dir: Path | None, repo_id: str | None, revision: str | None,
+                      preset: str | None = None) -> tuple[Path, dict[str, str]]:
+    """A local directory to run from, and the precision of each graph (``preset``: VISION/DECODER, as build's)."""
+    from .model.options import parse_preset
+
+    chosen: dict[str, str] = {}
+    if preset:
+        chosen["embed_images"], chosen["decoder"] = parse_preset(preset.strip().lower())
     if model_dir is not None and repo_id is not None:
         raise InputError("Pass either --model-dir or --model, not both.")
     if model_dir is not None:
-        return model_dir, {}
+        return model_dir, chosen
     if repo_id is None:
         raise InputError(
             "No model given: pass --model-dir DIR (e.g. one made by `lfmvl-site synth-model DIR`) "
             "or --model LiquidAI/LFM2.5-VL-1.6B-ONNX."
         )
-    return _download(repo_id, revision), dict(HUB_PRECISION)
+    precision = {**HUB_PRECISION, **chosen}
+    return _download(repo_id, revision, precision), precision
 
 
-def _download(repo_id: str, revision: str | None) -> Path:
+def _download(repo_id: str, revision: str | None, precision: dict[str, str]) -> Path:
     """Fetch (or reuse from the huggingface_hub cache) only the files ``caption`` runs."""
     import onnx
 
@@ -152,8 +159,8 @@ def _download(repo_id: str, revision: str | None) -> Path:
     source = HubSource(repo_id, revision, progress=True)
     for name in CONFIG_FILES:
         (source.require if name in REQUIRED_CONFIG_FILES else source.get)(name)
-    for role, precision in HUB_PRECISION.items():
-        graph = source.require(source.graph_relpath(role, precision))
+    for role, wanted in precision.items():
+        graph = source.require(source.graph_relpath(role, wanted))
         for location in external_locations(onnx.load(str(graph), load_external_data=False)):
             source.require(f"onnx/{location}")
     return graph.parent.parent  # the snapshot folder: the published layout, as a local directory
@@ -323,6 +330,7 @@ def caption_files(
     every: float = 1.0,
     speculative: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    preset: str | None = None,
     **sampling: Any,
 ) -> list[dict[str, Any]]:
     """Caption ``inputs`` in order as one stream (video files give a frame every ``every`` seconds).
@@ -347,7 +355,7 @@ def caption_files(
     check_inputs(paths)
     # An unreadable first image fails before the model loads (and a piped one is read only once).
     first = None if is_video(paths[0]) else load_image(paths[0], max_pixels=max_pixels)
-    directory, precision = resolve_model_dir(model_dir, repo_id, revision)
+    directory, precision = resolve_model_dir(model_dir, repo_id, revision, preset)
     return asyncio.run(_caption_stream(paths, every, directory, precision, text, as_json, speculative, settings,
                                        max_pixels, first))
 

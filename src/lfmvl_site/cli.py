@@ -106,6 +106,9 @@ def synth_model(out_dir: Path, seed: int, size: str, layout: str | None) -> None
 @click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path), help="A local model directory.")
 @click.option("--model", "repo_id", help="A Hugging Face repo id, e.g. LiquidAI/LFM2.5-VL-1.6B-ONNX.")
 @click.option("--revision", help="Hub revision (branch, tag or commit) with --model.")
+@click.option("--preset", default=None, metavar="VISION/DECODER",
+              help="Which precisions to run, as build's --preset (e.g. q4/q4); default: the model's first variants "
+                   "(a built site's model folder: its default preset).")
 @click.option("--prompt", default=None, show_default=DEFAULT_PROMPT, help="The instruction sent with each image.")
 @click.option("--prompt-file", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), default=None,
               help="Read the prompt from a UTF-8 file ('-' = standard input) instead of --prompt.")

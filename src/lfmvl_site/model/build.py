@@ -55,9 +55,19 @@ class _Variant:
     made_from: str = ""
 
 
+def preset_plan(options: ModelBuildOptions, name: str) -> dict[str, list[str]]:
+    """The variants one preset runs per role, preferred first (the page takes the first the device meets)."""
+    preset = options.preset_of(name)
+    return {role: list(_FALLBACKS[role][preset[role]]) for role in ROLES}
+
+
 def variant_plan(options: ModelBuildOptions) -> dict[str, list[str]]:
-    """Precisions shipped per role, preferred first."""
-    return {role: list(_FALLBACKS[role][options.preset[role]]) for role in ROLES}
+    """Precisions shipped per role: every preset's, the default preset's first."""
+    plan: dict[str, list[str]] = {role: [] for role in ROLES}
+    for name in options.preset_names:
+        for role, precisions in preset_plan(options, name).items():
+            plan[role] += [p for p in precisions if p not in plan[role]]
+    return plan
 
 
 def build_model(options: ModelBuildOptions, dest: Path, *, progress: bool = True) -> dict[str, Any]:
@@ -189,6 +199,8 @@ def _write(dest: Path, options: ModelBuildOptions, source: Source, variants: lis
             "format": MANIFEST_FORMAT,
             "source": source.info,
             "preset": options.preset,
+            # Each preset's variants per role, preferred first; the page's choice names one (runtime/choices.py).
+            "presets": [{"name": name, "graphs": preset_plan(options, name)} for name in options.preset_names],
             "optimizations": {
                 name: any(name in v.optimizations for v in variants)
                 for name in OPTIMIZATIONS

@@ -15,7 +15,10 @@ DEFAULT_REPO_ID = "LiquidAI/LFM2.5-VL-1.6B-ONNX"
 VISION_PRECISIONS = ("fp32", "fp16", "q4")
 DECODER_PRECISIONS = ("q4", "fp16", "fp32")
 EMBED_TOKENS_PRECISIONS = ("fp32", "fp16")
-SYNTHETIC_SIZES = ("tiny", "mid", "full")
+SYNTHETIC_SIZES = ("tiny", "mid", "full", "450m")
+# A preset names the precision of the vision encoder and of the decoder, as VISION/DECODER: the seed page's three
+# (Q4/Q4 ≈ 1.8 GB for the 1.6B, FP16/Q4, FP16/FP16). A site may carry several; the first is the build's default.
+PRESET_PRECISIONS = {"vision": VISION_PRECISIONS, "decoder": DECODER_PRECISIONS}
 
 # Shards are cut at tensor boundaries and capped at this many MiB (2**20 bytes).
 # 256 MiB because:
@@ -59,6 +62,8 @@ class ModelBuildOptions:
     float_activations: bool = True
     # The vision graph's MultiHeadAttention as standard ops (model/attention.py): off, since real GPUs are right.
     plain_attention: bool = False
+    # VISION/DECODER presets shipped (e.g. ("fp16/q4", "q4/q4")); empty: the one preset --vision/--decoder name.
+    presets: tuple[str, ...] = ()
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -74,11 +79,25 @@ class ModelBuildOptions:
             raise InputError(f"--max-shard-mb must be at least 1, got {self.max_shard_mb}.")
         if self.model_dir is not None:
             object.__setattr__(self, "model_dir", Path(self.model_dir))
+        presets = tuple(dict.fromkeys(str(p).strip().lower() for p in self.presets))
+        for name in presets:
+            parse_preset(name)
+        object.__setattr__(self, "presets", presets)
+
+    @property
+    def preset_names(self) -> list[str]:
+        """The presets shipped, default first, as VISION/DECODER names."""
+        return list(self.presets) or [f"{self.vision}/{self.decoder}"]
+
+    def preset_of(self, name: str) -> dict[str, str]:
+        """Precision per graph role of one preset, in manifest order."""
+        vision, decoder = parse_preset(name)
+        return {"embed_tokens": self.embed_tokens, "embed_images": vision, "decoder": decoder}
 
     @property
     def preset(self) -> dict[str, str]:
-        """Precision per graph role, in manifest order."""
-        return {"embed_tokens": self.embed_tokens, "embed_images": self.vision, "decoder": self.decoder}
+        """Precision per graph role of the default (first) preset, in manifest order."""
+        return self.preset_of(self.preset_names[0])
 
     @property
     def max_shard_bytes(self) -> int:
@@ -92,53 +111,83 @@ class ModelBuildOptions:
         return "local" if self.model_dir is not None else "hub"
 
 
+def parse_preset(name: str) -> tuple[str, str]:
+    """``"fp16/q4"`` → ``("fp16", "q4")`` (vision, decoder), or :class:`InputError` naming the valid ones."""
+    parts = name.split("/")
+    if len(parts) != 2 or parts[0] not in VISION_PRECISIONS or parts[1] not in DECODER_PRECISIONS:
+        raise InputError(f"--preset {name!r} is not VISION/DECODER: vision one of {', '.join(VISION_PRECISIONS)}, "
+                         f"decoder one of {', '.join(DECODER_PRECISIONS)} (e.g. fp16/q4).")
+    return parts[0], parts[1]
+
+
 def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise InputError(f"{flag} {value!r} is not supported: choose one of {', '.join(choices)}.")
 
 
 _OPTION_NAMES = (
-    "repo_id", "revision", "model_dir", "synthetic", "seed", "synthetic_size", "vision", "decoder",
-    "embed_tokens", "max_shard_mb", "last_logits", "q4_lm_head", "argmax", "fuse", "float_activations",
-    "plain_attention",
+    "revision", "seed", "vision", "decoder", "embed_tokens", "max_shard_mb", "last_logits", "q4_lm_head", "argmax",
+    "fuse", "float_activations", "plain_attention", "presets",
 )
 
 
+def site_models(repo_ids: tuple[str, ...] = (), model_dirs: tuple[Path, ...] = (), synthetic_sizes: tuple[str, ...] = (),
+                **shared: Any) -> tuple[ModelBuildOptions, ...]:
+    """One :class:`ModelBuildOptions` per model of the site (hub ids, then local directories, then synthetic
+    sizes), all with the same precision and optimization options; the hub's default model when none is named."""
+    shared = {k: v for k, v in shared.items() if v is not None}
+    models = [ModelBuildOptions(repo_id=r, **shared) for r in dict.fromkeys(repo_ids)]
+    models += [ModelBuildOptions(model_dir=Path(d), **shared) for d in dict.fromkeys(model_dirs)]
+    models += [ModelBuildOptions(synthetic=True, synthetic_size=s, **shared) for s in dict.fromkeys(synthetic_sizes)]
+    return tuple(models) or (ModelBuildOptions(**shared),)
+
+
 def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Click decorator: add the model flags to a command and pass ``model_options=ModelBuildOptions(...)``.
+    """Click decorator: add the model flags to a command and pass ``model_options``, a tuple of
+    :class:`ModelBuildOptions` (one per ``--model`` / ``--model-dir`` / ``--synthetic-size``; usually one).
 
     Usage::
 
         @main.command()
         @model_options
-        def build(model_options: ModelBuildOptions, ...): ...
+        def build(model_options: tuple[ModelBuildOptions, ...], ...): ...
     """
     import click
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         values = {name: kwargs.pop(name) for name in _OPTION_NAMES}
+        repo_ids, model_dirs = kwargs.pop("repo_id"), kwargs.pop("model_dir")
+        synthetic, sizes = kwargs.pop("synthetic"), kwargs.pop("synthetic_size")
         try:
-            opts = ModelBuildOptions(**values)
+            opts = site_models(repo_ids, model_dirs, (sizes or ("tiny",)) if synthetic else (), **values)
+            if sizes and not synthetic:
+                raise InputError("--synthetic-size needs --synthetic.")
         except InputError as exc:
             raise click.UsageError(str(exc)) from exc
         return fn(*args, model_options=opts, **kwargs)
 
     # click applies decorators bottom-up; list them top-down for readable --help.
     decorators = [
-        click.option("--model", "repo_id", default=DEFAULT_REPO_ID, show_default=True, metavar="REPO_ID",
-                     help="Hugging Face repo of the ONNX model (uses the huggingface_hub cache, HF_TOKEN, HF_HUB_OFFLINE)."),
+        click.option("--model", "repo_id", multiple=True, metavar="REPO_ID",
+                     help=f"Hugging Face repo of an ONNX model (default {DEFAULT_REPO_ID}; uses the huggingface_hub "
+                          "cache, HF_TOKEN, HF_HUB_OFFLINE). Repeat it (or mix it with --model-dir) for a site that "
+                          "offers several models, e.g. the 450M and the 1.6B."),
         click.option("--revision", default=None, help="Branch, tag or commit of --model (default: main)."),
-        click.option("--model-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-                     help="Use a local copy of the model (published layout) instead of the hub."),
+        click.option("--model-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), multiple=True,
+                     help="Use a local copy of a model (either published layout) instead of the hub; repeatable."),
         click.option("--synthetic", is_flag=True, help="Use the synthetic tiny model (tests, offline demos)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Weights seed of --synthetic."),
-        click.option("--synthetic-size", type=click.Choice(SYNTHETIC_SIZES), default="tiny", show_default=True,
-                     help="Size of --synthetic."),
+        click.option("--synthetic-size", type=click.Choice(SYNTHETIC_SIZES), multiple=True,
+                     help="Size of --synthetic (default tiny; 450m has the 450M's dimensions and file layout); "
+                          "repeatable."),
         click.option("--vision", type=click.Choice(VISION_PRECISIONS), default="fp16", show_default=True,
                      help="Precision of the vision encoder (embed_images)."),
         click.option("--decoder", type=click.Choice(DECODER_PRECISIONS), default="q4", show_default=True,
                      help="Precision of the decoder (q4 = symmetric MatMulNBits, block 32, fp32 activations)."),
+        click.option("--preset", "presets", multiple=True, metavar="VISION/DECODER",
+                     help="A precision preset the page offers, e.g. fp16/q4, q4/q4 or fp16/fp16; repeatable (the "
+                          "first is the default). Without it: --vision/--decoder."),
         click.option("--embed-tokens", type=click.Choice(EMBED_TOKENS_PRECISIONS), default="fp16",
                      show_default=True, help="Precision of the token embedding table."),
         click.option("--max-shard-mb", type=click.IntRange(1), default=DEFAULT_MAX_SHARD_MB, show_default=True,

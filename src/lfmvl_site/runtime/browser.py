@@ -627,22 +627,47 @@ class PageRuntime:
         # from the previous one (token-identical to plain greedy). None: every frame alone (benchmarks of the loop).
         self.stream: CaptionStream | None = None
 
-    async def load(self, ort: Any, model_url: str, device: str, features: Any, fetch_bytes: Any, fetch_text: Any,
-                   verbose: bool = False, on_plan: Any = None) -> str:
-        """Load the model; ``on_plan(json)`` hears which graph files (path, size) will be fetched."""
+    def choose(self, choices_json: str, device: str, features: Any, remembered: str = "") -> str:
+        """The site's default model choice for this device (runtime/choices.py): JSON ``{id, why}``."""
         import json
+
+        from .choices import default_choice
+
+        try:
+            feats = [str(f) for f in (features.to_py() if hasattr(features, "to_py") else features)]
+            return json.dumps(default_choice(json.loads(choices_json), str(device), feats, str(remembered or "")))
+        except Exception as exc:  # noqa: BLE001  (the FFI boundary: the page gets a code, never a traceback)
+            return json.dumps({"error": contract.error_payload(exc)})
+
+    async def load(self, ort: Any, model_url: str, device: str, features: Any, fetch_bytes: Any, fetch_text: Any,
+                   verbose: bool = False, on_plan: Any = None, preset: str | None = None) -> str:
+        """Load a model (``preset``: one of its manifest's presets; a loaded one is closed first);
+        ``on_plan(json)`` hears which graph files (path, size) will be fetched."""
+        import json
+
+        from .choices import preset_manifest
 
         try:
             text = await fetch_text(model_url.rstrip("/") + "/manifest.json")
             if text is None:
                 raise ModelFileError("model/manifest.json is missing (HTTP 404); rebuild the site with `lfmvl-site build`.")
-            manifest = contract.check_model_manifest(json.loads(str(text)))
+            manifest = preset_manifest(contract.check_model_manifest(json.loads(str(text))), preset or None)
             self._io = (fetch_bytes, fetch_text, bool(verbose))
             self._on_plan = on_plan
+            # Another model replaces the loaded one: its sessions go first, so two models never share the memory.
+            old, self.captioner = self.captioner, None
+            await self._close(old)
             await self._open(ort, model_url, manifest, device, features)
         except Exception as exc:  # noqa: BLE001  (the FFI boundary: the page gets a code, never a traceback)
             return json.dumps({"error": contract.error_payload(exc)})
         return self._ready()
+
+    @staticmethod
+    async def _close(captioner: Any) -> None:
+        if captioner is not None:
+            for session in (captioner.embed_tokens, captioner.embed_images, captioner.decoder):
+                with contextlib.suppress(Exception):  # an already released session: nothing left to free
+                    await session.close()
 
     async def switch(self, ort: Any, device: str, features: Any) -> str:
         """Re-create the sessions on another backend (same model, prompt and page)."""
@@ -655,10 +680,7 @@ class PageRuntime:
             await self._open(ort, self.backend.model_url, self.backend.manifest, device, features)
         except Exception as exc:  # noqa: BLE001  (the FFI boundary: the page gets a code, never a traceback)
             return json.dumps({"error": contract.error_payload(exc)})
-        if old is not None:
-            for session in (old.embed_tokens, old.embed_images, old.decoder):
-                with contextlib.suppress(Exception):  # an already released session: nothing left to free
-                    await session.close()
+        await self._close(old)
         return self._ready()
 
     async def _open(self, ort: Any, model_url: str, manifest: Mapping[str, Any], device: str, features: Any) -> None:
@@ -673,7 +695,7 @@ class PageRuntime:
             import json
 
             sizes = {f["path"]: f["size"] for f in manifest["files"]}
-            prefix = "model/"
+            prefix = self.site_path(model_url)
             plan = [{"file": prefix + rel, "size": sizes.get(rel, 0)}
                     for c in backend.choices.values() for rel in (c.file, *c.external_data)]
             self._on_plan(json.dumps(plan))
@@ -682,6 +704,14 @@ class PageRuntime:
         captioner = await Captioner.load(backend)
         self.backend, self.captioner = backend, captioner
         self.stream = CaptionStream()  # a new model or device: nothing carried over
+
+    @staticmethod
+    def site_path(model_url: str) -> str:
+        """The model folder as a site path (``model/`` or ``models/<slug>/``) from its absolute URL."""
+        parts = model_url.rstrip("/").split("/")
+        if len(parts) >= 2 and parts[-2] == contract.MODELS_DIR:
+            return f"{contract.MODELS_DIR}/{parts[-1]}/"
+        return contract.MODEL_DIR + "/"
 
     def _ready(self) -> str:
         import json

@@ -130,26 +130,30 @@ class Message:
 
 
 MESSAGES: tuple[Message, ...] = (
-    Message("init", "in", ("settings", "device", "verbose"), "load Pyodide, the runtime and the model"),
+    Message("init", "in", ("settings", "device", "verbose", "choice"),
+            "load Pyodide, the runtime and the model (choice: the visitor's remembered model choice id, if any)"),
     Message("frame", "in", ("id", "bitmap", "source", "media_time"),
             "caption one ImageBitmap (transferred); at most one in flight, extras dropped"),
     Message("prompt", "in", ("prompt",), "a changed prompt cancels the running caption"),
     Message("options", "in", ("options",), "sampling options, e.g. {max_new_tokens}"),
     Message("device", "in", ("device",), "switch backend: sessions are re-created, the page stays"),
     Message("retry", "in", (), "retry a failed load"),
+    Message("choose", "in", ("choice",), "load another model choice (settings.choices id): prompt and page stay"),
     Message("lastFrame", "in", (), "ask for the pixels of the last captioned frame"),
     Message("status", "out", ("text", "phase"), "a loading phase"),
     Message("backend", "out", ("device", "why", "adapter", "features"), "the backend chosen, and why"),
+    Message("choice", "out", ("id", "why", "device_class"),
+            "the model choice being loaded, why, and which of its downloads this device takes (runtime/choices.py)"),
     Message("plan", "out", ("files",), "files this load will fetch: [{file, size}] (more may follow)"),
     Message("progress", "out", ("file", "loaded", "total", "ms", "done"), "bytes of one file as they arrive"),
     Message("ready", "out", ("device", "why", "choices", "describe", "backend", "threads", "timings", "features",
-                             "adapter"), "the model is loaded"),
+                             "adapter", "choice"), "the model is loaded (choice: its settings.choices id)"),
     Message("token", "out", ("id", "token", "piece", "count", "ms"), "one generated token of frame `id`"),
     Message("caption", "out", ("id", "prompt", "text", "token_ids", "prompt_tokens", "timings", "width", "height",
                                "stop_reason", "kept", "kept_live", "cancelled", "error", "source", "media_time",
                                "decoder_runs", "speculative", "draft_tokens_proposed", "draft_tokens_accepted",
-                               "features_reused"),
-            "a finished caption (or {cancelled: true}, or {error})"),
+                               "features_reused", "choice"),
+            "a finished caption (or {cancelled: true}, or {error}); choice: the model choice that made it"),
     Message("dropped", "out", ("id",), "a frame arrived while one was in flight and was not captioned"),
     Message("error", "out", ("error", "where"), "a failure: error = {code, message, ...fields}"),
     Message("lastFrame", "out", ("frame",), "{id, width, height, data}"),
@@ -261,6 +265,17 @@ SW = ServiceWorker()
 # ---------------------------------------------------------------- manifests
 
 SITE_MANIFEST_FORMAT = 1
+# Where a site keeps its model: model/ for one, models/<slug>/ each for several. Graph files (what a device may
+# never need) are those under a model folder's onnx/.
+MODEL_DIR = "model"
+MODELS_DIR = "models"
+GRAPH_FILE = r"^(?:model|models/[^/]+)/onnx/"
+
+
+def is_graph_file(path: str) -> bool:
+    """A file of one model variant (under ``model/onnx/`` or ``models/<slug>/onnx/``)."""
+    return re.match(GRAPH_FILE, path) is not None
+
 MODEL_MANIFEST_FORMAT = 1
 FILE_FIELDS = {"path": "string", "size": "number", "sha256": "string"}
 # Model-manifest variant fields the page and the native backend read.
@@ -357,6 +372,7 @@ def as_data() -> dict[str, Any]:
         "deviceReasons": _enum(DEVICE_REASONS),
         "devices": _enum(SETTING["device"].choices),
         "sw": {**asdict(SW), "kinds": _enum(SW.kinds), "commands": dict(SW.commands)},
+        "graphFile": GRAPH_FILE,
         "manifest": {"siteFormat": SITE_MANIFEST_FORMAT, "modelFormat": MODEL_MANIFEST_FORMAT,
                      "fileFields": FILE_FIELDS, "variantFields": VARIANT_FIELDS, "roles": list(GRAPH_ROLES)},
     }
@@ -373,6 +389,7 @@ _JS_HELPERS = r"""
     return data.files.filter((f) => f && Object.entries(C.manifest.fileFields)
       .every(([k, kind]) => typeof f[k] === kind));
   };
+  C.isGraphFile = (path) => new RegExp(C.graphFile).test(path);
   C.checkSetting = function (key, raw) {
     const s = C.settings[key];
     if (!s) return { problem: `Unknown setting "${key}"; the settings are ${Object.keys(C.settings).join(', ')}.` };

@@ -54,8 +54,8 @@ def build_site(
     if mirror is not None and not Path(mirror).is_dir():
         raise BuildError(f"--pyodide-dir {mirror} is not a directory; point it at a copy of the Pyodide "
                          f"{assets.PYODIDE_VERSION} release files, or leave it out to download them.")
-    model_dir = getattr(model_options, "model_dir", None)
-    output.check_out(out, [model_dir] if model_dir is not None else [])
+    models = _as_models(model_options)
+    output.check_out(out, [m.model_dir for m in models if getattr(m, "model_dir", None) is not None])
     out.parent.mkdir(parents=True, exist_ok=True)
     output.sweep_stale(out, say)
     t0 = time.monotonic()
@@ -64,7 +64,7 @@ def build_site(
         try:
             staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
             output.write_marker(staging, "building")
-            manifest = _assemble(staging, model_options, Path(mirror) if mirror else None, say, progress)
+            manifest = _assemble(staging, models, Path(mirror) if mirror else None, say, progress)
             output.swap_into_place(staging, out, say)
         except BaseException as exc:
             removed = staging is None or not staging.exists() or output.remove_tree(staging, say, "the build's staging folder")
@@ -78,7 +78,16 @@ def build_site(
     return manifest
 
 
-def _assemble(root: Path, model_options: Any, mirror: Path | None, say: Progress, progress: bool) -> dict[str, Any]:
+def _as_models(model_options: Any) -> list[Any]:
+    """``build_site`` takes one ModelBuildOptions or a sequence of them (one per model the site offers)."""
+    if isinstance(model_options, (list, tuple)):
+        if not model_options:
+            raise BuildError("No model to build: name one with --model, --model-dir or --synthetic.")
+        return list(model_options)
+    return [model_options]
+
+
+def _assemble(root: Path, models: list[Any], mirror: Path | None, say: Progress, progress: bool) -> dict[str, Any]:
     say(f"[1/5] onnxruntime-web {assets.ORT_VERSION}")
     ort_files = assets.fetch_ort(say)
     assets.copy_assets(ort_files, root / "ort")
@@ -95,20 +104,30 @@ def _assemble(root: Path, model_options: Any, mirror: Path | None, say: Progress
     say("[3/5] runtime wheel")
     wheel = runtime_wheel(root / "py")
 
-    say("[4/5] model")
     from ..model.build import build_model
+    from ..runtime.choices import site_choices
 
-    try:
-        model_manifest = build_model(model_options, root / "model", progress=progress)
-    except LfmvlError:
-        raise
-    except Exception as exc:  # keep the staging cleanup + one-line error contract
-        raise BuildError(f"The model build failed ({type(exc).__name__}: {exc}); dist/ was left untouched.") from exc
+    built: list[dict[str, Any]] = []
+    for i, options in enumerate(models):
+        name = _short_name(options)
+        slug = _slug(name, {b["slug"] for b in built})
+        # One model keeps the classic layout (model/); several get a folder each (models/<slug>/).
+        url = contract.MODEL_DIR + "/" if len(models) == 1 else f"{contract.MODELS_DIR}/{slug}/"
+        say(f"[4/5] model {i + 1}/{len(models)}: {name}" if len(models) > 1 else "[4/5] model")
+        try:
+            model_manifest = build_model(options, root / url, progress=progress)
+        except LfmvlError:
+            raise
+        except Exception as exc:  # keep the staging cleanup + one-line error contract
+            raise BuildError(f"The model build failed ({type(exc).__name__}: {exc}); dist/ was left untouched.") from exc
+        built.append({"slug": slug, "name": name, "url": url, "manifest": model_manifest,
+                      "manifest_bytes": (root / url / "manifest.json").stat().st_size})
+    choices = site_choices(built)
 
     say("[5/5] page")
-    settings = _settings(wheel.relative_to(root).as_posix(), model_manifest)
-    _write_page(root, settings, model_manifest)
-    manifest = _write_manifest(root, settings, model_manifest)
+    settings = _settings(wheel.relative_to(root).as_posix(), built, choices)
+    _write_page(root, settings, built[0]["manifest"])
+    manifest = _write_manifest(root, settings, built, choices)
     # Host configs are made from the site's file list, so they come last and are listed apart
     # ("deploy_files"): the service worker caches "files" only.
     from .deploy import write_deploy_configs
@@ -118,6 +137,24 @@ def _assemble(root: Path, model_options: Any, mirror: Path | None, say: Progress
     return manifest
 
 
+def _short_name(options: Any) -> str:
+    """What the page calls a model: the hub repo's name without -ONNX, the folder's name, or the synthetic size."""
+    if getattr(options, "synthetic", False):
+        return f"synthetic {options.synthetic_size}"
+    if getattr(options, "model_dir", None) is not None:
+        return Path(options.model_dir).resolve().name
+    name = str(options.repo_id).split("/")[-1]
+    return name[:-5] if name.lower().endswith("-onnx") else name
+
+
+def _slug(name: str, taken: set[str]) -> str:
+    base = "".join(ch if ch.isalnum() or ch in ".-_" else "-" for ch in name.lower()).strip("-.") or "model"
+    slug, n = base, 2
+    while slug in taken:
+        slug, n = f"{base}-{n}", n + 1
+    return slug
+
+
 def _model_name(model_manifest: dict[str, Any]) -> str:
     source = model_manifest.get("source") or {}
     if source.get("synthetic"):
@@ -125,13 +162,15 @@ def _model_name(model_manifest: dict[str, Any]) -> str:
     return str(source.get("repo_id") or source.get("local_dir") or "LFM2.5-VL")
 
 
-def _settings(wheel_path: str, model_manifest: dict[str, Any]) -> dict[str, Any]:
+def _settings(wheel_path: str, built: list[dict[str, Any]], choices: list[dict[str, Any]]) -> dict[str, Any]:
     # Build facts only: setting keys, defaults and ranges are in contract.js (C.settings).
     return {
         "version": __version__,
         "title": "Live captions · LFM2.5-VL",
-        "model_name": _model_name(model_manifest),
-        "model_url": "model/",
+        "model_name": _model_name(built[0]["manifest"]) if len(built) == 1 else
+        " or ".join(b["name"] for b in built),
+        "model_url": built[0]["url"],
+        "choices": choices,
         "runtime_wheel": wheel_path,
         "pyodide_packages": list(assets.PYODIDE_PACKAGES),
         "pyodide_version": assets.PYODIDE_VERSION,
@@ -157,14 +196,16 @@ def _write_page(root: Path, settings: dict[str, Any], model_manifest: dict[str, 
 
 def _part(path: str) -> str:
     top = path.split("/", 1)[0]
-    return {"pyodide": "pyodide", "ort": "ort", "py": "runtime", "model": "model"}.get(top, "page")
+    return {"pyodide": "pyodide", "ort": "ort", "py": "runtime", contract.MODEL_DIR: "model",
+            contract.MODELS_DIR: "model"}.get(top, "page")
 
 
 def _file_entry(root: Path, path: Path) -> dict[str, Any]:
     return {"path": path.relative_to(root).as_posix(), "size": path.stat().st_size, "sha256": sha256_file(path)}
 
 
-def _write_manifest(root: Path, settings: dict[str, Any], model_manifest: dict[str, Any]) -> dict[str, Any]:
+def _write_manifest(root: Path, settings: dict[str, Any], built: list[dict[str, Any]],
+                    choices: list[dict[str, Any]]) -> dict[str, Any]:
     files = [_file_entry(root, p) for p in sorted(root.rglob("*")) if p.is_file() and p.name != output.MARKER]
     parts: dict[str, int] = {}
     for f in files:
@@ -174,8 +215,14 @@ def _write_manifest(root: Path, settings: dict[str, Any], model_manifest: dict[s
         "generator": f"lfmvl-site {__version__}",
         "versions": {"pyodide": assets.PYODIDE_VERSION, "onnxruntime-web": assets.ORT_VERSION,
                      "runtime": __version__},
-        "model": {"manifest": "model/manifest.json", "source": model_manifest.get("source"),
-                  "preset": model_manifest.get("preset")},
+        "model": {"manifest": built[0]["url"] + "manifest.json", "source": built[0]["manifest"].get("source"),
+                  "preset": built[0]["manifest"].get("preset")},
+        # Every model the page offers, and every model × preset with what it downloads per device class.
+        "models": [{"slug": b["slug"], "name": b["name"], "manifest": b["url"] + "manifest.json",
+                    "source": b["manifest"].get("source"), "presets": [p["name"] for p in
+                                                                       b["manifest"].get("presets") or []]}
+                   for b in built],
+        "choices": choices,
         "runtime_wheel": settings["runtime_wheel"],
         "parts": parts,
         "total_bytes": sum(f["size"] for f in files),

@@ -58,10 +58,10 @@ def _page_frame(page: Any, tmp_path: Path) -> tuple[np.ndarray, Path]:
     return rgba, path
 
 
-def _native_cli(png: Path, model_dir: Path) -> dict[str, Any]:
+def _native_cli(png: Path, model_dir: Path, *extra: str) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-m", "lfmvl_site.cli", "caption", str(png), "--model-dir", str(model_dir),
-         "--prompt", PROMPT, "--max-new-tokens", str(TOKENS), "--json"],
+         "--prompt", PROMPT, "--max-new-tokens", str(TOKENS), "--json", *extra],
         capture_output=True, text=True, check=True, timeout=300,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])

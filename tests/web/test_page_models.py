@@ -110,6 +110,9 @@ def test_two_models_default_switch_cache_and_offline(pw: Any, serve: Any, models
         _, png = _page_frame(page, tmp_path)
         native = _native_cli(png, models_site / "models" / "lfm-b")
         assert b_caption["token_ids"] == native["token_ids"] and len(native["token_ids"]) > 0
+        # The still camera gives every caption the same pixels: the first model's q4/q4 caption is checked too.
+        native_a = _native_cli(png, models_site / "models" / "lfm-a", "--preset", "q4/q4")
+        assert a_caption["token_ids"] == native_a["token_ids"]
         assert a_caption["token_ids"] != b_caption["token_ids"]  # another model: other weights, other tokens
         assert page.input_value("#prompt") == "Describe this image."
         fetched = _onnx_requests(server)

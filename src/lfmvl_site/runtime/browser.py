@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import posixpath
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,6 +219,76 @@ _RUNNER_JS = r"""
       return await answerOf(spec2, out);
     };
   }
+  // Plain greedy decode steps, bound once like chain: each step embeds the last token (first), runs the decoder
+  // (second) on that embedding, ones as attention mask, [[length - 1]] as position_ids and the caches, reads
+  // next_token and calls onToken(token), a synchronous Python callback answering true to stop. The caches stay
+  // ort.Tensors here between steps (never registered, never answered); those of the last step come back by id.
+  // The call's JSON: {token, length, positions, caches: [[input, id]] (freed once the first step replaced them),
+  // present: [[output, input]], link: [output of first, input of second], read, max, wasm}.
+  function greedy(first, firstOptions, second, secondOptions) {
+    return async (specJson, onToken) => {
+      const spec = JSON.parse(specJson);
+      const [from, to] = spec.link;
+      const fetch = [spec.read, ...spec.present.map(([name]) => name)];
+      let caches = {};
+      for (const [name, id] of spec.caches) {
+        const t = kept.get(id);
+        if (t === undefined) throw new Error(`${name}: a released value was fed back`);
+        caches[name] = t;
+      }
+      let own = false;  // caches made here (else still the caller's, in kept)
+      let token = spec.token, length = spec.length, steps = 0;
+      try {
+        while (steps < spec.max) {
+          const ids = new ort.Tensor("int64", BigInt64Array.of(BigInt(token)), [1, 1]);
+          let mid = {};
+          const made = [ids];
+          let out;
+          try {
+            mid = await first.run({ input_ids: ids }, [from], firstOptions);
+            const feeds = { ...caches };
+            feeds[to] = await forSession(spec, mid[from], made);
+            const mask = new ort.Tensor("int64", new BigInt64Array(length).fill(1n), [1, length]);
+            made.push(mask);
+            feeds.attention_mask = mask;
+            if (spec.positions) {
+              const pos = new ort.Tensor("int64", BigInt64Array.of(BigInt(length - 1)), [1, 1]);
+              made.push(pos);
+              feeds.position_ids = pos;
+            }
+            out = await second.run(feeds, fetch, secondOptions);
+          } finally {
+            for (const t of made) t.dispose();
+            for (const t of Object.values(mid)) t.dispose();
+          }
+          if (own) for (const t of Object.values(caches)) t.dispose();
+          else freeIds(spec.caches.map(([, id]) => id));
+          caches = {};
+          for (const [name, input] of spec.present) caches[input] = out[name];
+          own = true;
+          const picked = out[spec.read];
+          const values = picked.location === "cpu" ? picked.data : await picked.getData();
+          picked.dispose();
+          token = Number(values[values.length - 1]);
+          steps++;
+          length++;
+          if (onToken(token)) break;
+        }
+      } catch (e) {
+        if (own) for (const t of Object.values(caches)) t.dispose();
+        throw e;
+      }
+      const answer = {};
+      if (own) {
+        for (const [name, t] of Object.entries(caches)) {
+          const id = nextId++;
+          kept.set(id, t);
+          answer[name] = { id, where: t.location };
+        }
+      }
+      return JSON.stringify({ steps, caches: answer });
+    };
+  }
   function freeIds(ids) {
     for (const id of ids) {
       const t = kept.get(id);
@@ -229,7 +299,7 @@ _RUNNER_JS = r"""
   // The ort.Tensor behind a handle (tests and tools; the loop never needs it).
   const tensor = (id) => kept.get(id);
   const live = () => kept.size;
-  return { run, chain, release, tensor, live };
+  return { run, chain, greedy, release, tensor, live };
 }
 """
 # Integer inputs of at most this many elements travel inside the JSON spec (no TypedArray, no ort.Tensor
@@ -412,6 +482,7 @@ class BrowserBackend(Backend):
         self.stats: dict[str, Any] = {"kept": {}, "live": 0}
         self._runner: Any = None
         self._chains: dict[tuple[BrowserSession, BrowserSession], Any] = {}  # (first, second) → bound JS step
+        self._greedy: dict[tuple[BrowserSession, BrowserSession], Any] = {}  # (first, second) → bound JS step loop
         self._texts: dict[str, Any] = {}  # relpath → task, see start()
         self._opening: dict[str, Any] = {}  # role → task
         import asyncio
@@ -595,6 +666,56 @@ class BrowserBackend(Backend):
         for v in freed:  # JavaScript disposed of them after the run
             v.forget()
         return second._answer(answer, wanted)
+
+    async def run_greedy(
+        self,
+        first: Session,
+        second: Session,
+        token: int,
+        caches: Mapping[str, Any],
+        *,
+        length: int,
+        link: Mapping[str, str],
+        present: Mapping[str, str],
+        position_ids: bool,
+        on_token: Callable[[int], bool],
+        max_steps: int,
+        read: str = "next_token",
+    ) -> dict[str, Any]:
+        """All the steps inside one JavaScript call (the runner's ``greedy``): Python awaits one promise for the
+        whole run instead of one per token, and ``on_token`` is called from JavaScript between runs (a plain
+        synchronous call, ~0.02 ms). The caches never reach Python until the last step's come back as handles."""
+        import json
+
+        from pyodide.ffi import create_proxy  # type: ignore[import-not-found]
+
+        handles = list(caches.items())
+        if (not (isinstance(first, BrowserSession) and isinstance(second, BrowserSession)) or len(link) != 1
+                or not all(isinstance(v, KeptValue) and v.id is not None for _, v in handles)):
+            return await super().run_greedy(first, second, token, caches, length=length, link=link, present=present,
+                                            position_ids=position_ids, on_token=on_token, max_steps=max_steps,
+                                            read=read)
+        if max_steps <= 0:
+            return dict(caches)
+        step = self._greedy.get((first, second))
+        if step is None:
+            step = self._greedy[(first, second)] = self.runner.greedy(first._s, first.run_options, second._s,
+                                                                      second.run_options)
+        spec = json.dumps({
+            "token": int(token), "length": int(length), "positions": bool(position_ids),
+            "caches": [[name, v.id] for name, v in handles], "present": [[out, past] for past, out in present.items()],
+            "link": list(next(iter(link.items()))), "read": read, "max": int(max_steps),
+            "wasm": second.choice.device == "wasm"})
+        callback = create_proxy(lambda t: bool(on_token(int(t))))
+        try:
+            answer = json.loads(str(await step(spec, callback)))
+        finally:
+            callback.destroy()
+        if not answer["caches"]:  # no step ran: the caches are still the caller's
+            return dict(caches)
+        for _, v in handles:  # JavaScript disposed of them once the first step replaced them
+            v.forget()
+        return {past: KeptValue(int(a["id"]), past, str(a["where"]), self.stats) for past, a in answer["caches"].items()}
 
     def describe(self) -> str:
         parts = [f"{c.role}: {c.precision} on {c.device}" for c in self.choices.values()]

@@ -188,6 +188,9 @@ class Captioner:
         # Verifying a draft needs the logits (or ids, ``next_tokens``) of its positions: a site decoder keeps the last
         # VERIFY_ROWS positions; one built before that (logits [B, 1, V]) keeps one and cannot verify.
         self._has_rows = "next_tokens" in self.decoder.output_names
+        # Plain greedy decoding with the in-graph argmax runs its decode steps through Backend.run_greedy (several
+        # steps per backend call); False: one Backend.run_chain call per step (tests compare the two).
+        self.greedy_steps = True
         logits_info = next(t for t in self.decoder.outputs if t.name == "logits")
         self.full_logits = not (len(logits_info.shape) == 3 and logits_info.shape[1] == 1)
 
@@ -384,46 +387,77 @@ class Captioner:
         seen = list(prompt_ids)
         generated: list[int] = []
         stream = self.tokenizer.stream_decoder()
+        eos_ids = self.text_config.eos_token_ids
+        max_new = settings.max_new_tokens
         stop_reason = "length"
         length = len(prompt_ids)
         # A decode step is embed_tokens → decoder as one backend call: the token's embedding stays where the
         # backend keeps values (on the GPU for WebGPU) and, in the browser, Python awaits one promise per token.
         link = {self.embed_tokens.output_names[0]: "inputs_embeds"}
-        token = -1
+        mark = [0.0]  # when the current step began (the previous token was handled)
+        halted: list[BaseException] = []  # why accept() stopped other than eos/length: a cancel, a failing callback
+
+        def accept(token: int) -> bool:
+            """One token out of a decoder run: timings, stop criteria, detokenization, the callback. True: stop.
+
+            Runs synchronously between decoder runs (inside the backend's step loop in the browser), so it never
+            raises: a cancel or a failure is kept in ``halted`` and raised once the backend returned."""
+            nonlocal stop_reason
+            try:
+                now = _now()
+                t.token_ms.append(now - mark[0])
+                t.run_ms.append(t.token_ms[-1])
+                mark[0] = now
+                if token in eos_ids:
+                    stop_reason = "eos"
+                    return True
+                generated.append(token)
+                seen.append(token)
+                piece = stream.push(token)
+                if on_token is not None:
+                    on_token(token, piece)
+                if cancel.cancelled:
+                    cancel.check()
+                return len(generated) >= max_new
+            except BaseException as exc:  # noqa: BLE001  (re-raised after the step loop, see halted)
+                halted.append(exc)
+                return True
+
         try:
-            for step in range(settings.max_new_tokens):
-                start = _now()
-                cur = embeds.shape[1] if step == 0 else 1
-                if step > 0:
-                    length += 1
-                feeds: dict[str, Any] = {"attention_mask": np.ones((1, length), dtype=np.int64), **caches}
-                if self._has_position_ids:
-                    feeds["position_ids"] = np.arange(length - cur, length, dtype=np.int64)[None, :]
-                if step == 0:
-                    out = await self.decoder.run({"inputs_embeds": embeds, **feeds}, read=read, keep=keep)
-                else:
-                    out = await self.backend.run_chain(
-                        self.embed_tokens, {"input_ids": np.asarray([[token]], dtype=np.int64)}, self.decoder, feeds,
-                        link=link, read=read, keep=keep, free=caches.values())
+            mark[0] = _now()
+            feeds: dict[str, Any] = {"attention_mask": np.ones((1, length), dtype=np.int64), **caches}
+            if self._has_position_ids:
+                feeds["position_ids"] = np.arange(0, length, dtype=np.int64)[None, :]
+            out = await self.decoder.run({"inputs_embeds": embeds, **feeds}, read=read, keep=keep)
+            while True:
                 caches = {past: out[present] for past, present in self._cache_map.items()}
                 if use_argmax:
                     token = int(np.asarray(out["next_token"]).reshape(-1)[-1])
                 else:
                     logits = np.asarray(out["logits"])
                     token = sampler.pick(logits.reshape(-1, logits.shape[-1])[-1], np.asarray(seen))
-                t.token_ms.append(_now() - start)
-                t.run_ms.append(t.token_ms[-1])
-                if step == 0:
+                done = accept(token)
+                if len(t.token_ms) == 1:
                     t.prefill_ms = t.token_ms[0]
-                if token in self.text_config.eos_token_ids:
-                    stop_reason = "eos"
+                if done:
                     break
-                generated.append(token)
-                seen.append(token)
-                piece = stream.push(token)
-                if on_token is not None:
-                    on_token(token, piece)
-                cancel.check()
+                length += 1
+                if use_argmax and self.greedy_steps:
+                    # Plain greedy: the rest of the caption as one backend call that feeds each next_token back
+                    # itself and calls accept() per token (in the browser: one awaited promise per caption).
+                    caches = await self.backend.run_greedy(
+                        self.embed_tokens, self.decoder, token, caches, length=length, link=link,
+                        present=self._cache_map, position_ids=self._has_position_ids, on_token=accept,
+                        max_steps=max_new - len(generated))
+                    break
+                feeds = {"attention_mask": np.ones((1, length), dtype=np.int64), **caches}
+                if self._has_position_ids:
+                    feeds["position_ids"] = np.asarray([[length - 1]], dtype=np.int64)
+                out = await self.backend.run_chain(
+                    self.embed_tokens, {"input_ids": np.asarray([[token]], dtype=np.int64)}, self.decoder, feeds,
+                    link=link, read=read, keep=keep, free=caches.values())
+            if halted:
+                raise halted[0]
         finally:
             self.decoder.release(v for v in caches.values() if not isinstance(v, np.ndarray))
         tail = stream.flush()

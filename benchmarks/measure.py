@@ -7,6 +7,7 @@ design doc's shapes) and, given a built ``dist/model``, for its graphs.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,8 +98,6 @@ _FLOAT_BYTES = {"fp32": 4, "fp16": 2}
 def _graph_bytes(shapes: list[tuple[str, tuple[int, ...]]], precision: str) -> int:
     """Weight bytes of a graph: q4 packs every 2-D Linear weight (4-bit codes + an fp32 scale per block of 32,
     as model/quantize.py writes them; the rest stays fp32), fp16/fp32 store everything at that width."""
-    import math
-
     total = 0.0
     for name, shape in shapes:
         n = math.prod(shape)
@@ -131,7 +130,7 @@ def graph_sizes(size: str) -> dict[str, dict[str, int]]:
     return {
         "embed_tokens": {p: _graph_bytes(embed, p) for p in ("fp32", "fp16")},
         "embed_images": {p: _graph_bytes(vision, p) for p in ("fp32", "fp16", "q4")},
-        "decoder": {p: _graph_bytes(decoder, p) + math_prod(rope[1]) * (2 if p == "fp16" else 4)
+        "decoder": {p: _graph_bytes(decoder, p) + math.prod(rope[1]) * (2 if p == "fp16" else 4)
                     for p in ("fp32", "fp16", "q4")},
     }
 
@@ -150,12 +149,6 @@ def download_sizes(size: str) -> dict[str, dict[str, int]]:
                   + graphs["decoder"][fallback[d]])
         out[preset] = {"webgpu-f16": shared + full, "webgpu": shared + no_f16, "wasm": shared + full}
     return out
-
-
-def math_prod(shape: tuple[int, ...]) -> int:
-    import math
-
-    return math.prod(shape)
 
 
 def main(argv: list[str]) -> None:

@@ -79,13 +79,12 @@ def site_choices(models: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         for preset in [p["name"] for p in manifest.get("presets") or []] or [None]:
             narrowed = preset_manifest(manifest, preset)
             downloads: dict[str, Any] = {}
-            needs: set[str] = set()
+            needs = {n for variants in narrowed["graphs"].values() for n in variants[0].get("needs") or []}
             for cls, (device, features) in DEVICE_CLASSES.items():
                 files = list(shared)
                 for role, variants in narrowed["graphs"].items():
                     c = choose_variant(role, variants, device, features)
                     files += [c.file, *c.external_data]
-                    needs.update(variants[0].get("needs") or [])
                 files = list(dict.fromkeys(files))
                 downloads[cls] = {"bytes": sum(sizes.get(p, 0) for p in files), "files": [url + p for p in files]}
             slug = str(model["slug"])

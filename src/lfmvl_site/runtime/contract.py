@@ -271,11 +271,6 @@ MODEL_DIR = "model"
 MODELS_DIR = "models"
 GRAPH_FILE = r"^(?:model|models/[^/]+)/onnx/"
 
-
-def is_graph_file(path: str) -> bool:
-    """A file of one model variant (under ``model/onnx/`` or ``models/<slug>/onnx/``)."""
-    return re.match(GRAPH_FILE, path) is not None
-
 MODEL_MANIFEST_FORMAT = 1
 FILE_FIELDS = {"path": "string", "size": "number", "sha256": "string"}
 # Model-manifest variant fields the page and the native backend read.

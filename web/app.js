@@ -334,15 +334,15 @@ function showChoices() {
 }
 function showChoice(m) {
   const first = state.choice === null;
+  if (m.id !== state.choice) needed.clear();  // another choice: its plan names its files
   state.choice = m.id;
   state.deviceClass = m.device_class;
-  needed.clear();  // the new choice's plan names its files
   showChoices();
   const c = choiceById(m.id);
   if (c && CHOICES.length > 1) {
     $("modelNote").textContent = `${c.label}: ${mb(c.downloads[m.device_class].bytes)} MB for this device ` +
       `(${m.why}).`;
-    if (!first) $("status").textContent = `Loading ${c.label}…`;
+    if (!first && state.switchingModel) $("status").textContent = `Loading ${c.label}…`;
   }
 }
 $("model").onchange = () => {

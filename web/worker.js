@@ -242,9 +242,14 @@ async function init(msg) {
 }
 
 let lastDev = null;  // the backend in use: a choice switch keeps it
+let lastWhy = "";    // why the loaded choice was chosen
+// Which of a choice's downloads a backend takes (runtime/choices.py's device_class): the page shows its sizes.
+const deviceClassOf = (choice, dev) =>
+  JSON.parse(runtime.choose(JSON.stringify([choice]), dev.device, dev.features, choice.id)).device_class;
 async function loadChoice(choice, pick, dev, verbose) {
   current = choice;
   lastDev = dev;
+  lastWhy = pick.why;
   post({ type: OUT.choice, id: choice.id, why: pick.why, device_class: pick.device_class });
   post({ type: OUT.status, phase: "model", text: `Loading ${choice.label}…` });
   const onPlan = (json) => post({ type: OUT.plan, files: JSON.parse(json) });
@@ -261,8 +266,8 @@ async function switchChoice(id) {
   loaded = false;
   lastInit.choice = id;  // a retry after a failure retries this choice
   try {
-    const pick = JSON.parse(runtime.choose(JSON.stringify([choice]), lastDev.device, lastDev.features, id));
-    const info = await loadChoice(choice, { ...pick, why: "you chose it" }, lastDev, !!lastInit.verbose);
+    const pick = { why: "you chose it", device_class: deviceClassOf(choice, lastDev) };
+    const info = await loadChoice(choice, pick, lastDev, !!lastInit.verbose);
     if (info.error) { fail(loadError(info.error), "choose"); return; }
     loaded = true;
     post({ type: OUT.ready, ...info, ...lastDev, choice: id, threads: ort.env.wasm.numThreads, timings: {} });
@@ -276,10 +281,12 @@ async function switchDevice(wanted) {
   busy = true;
   try {
     post({ type: OUT.status, phase: "backend", text: "Switching the backend…" });
-    const dev = lastDev = await chooseDevice(wanted);
+    const dev = await chooseDevice(wanted);
     post({ type: OUT.backend, ...dev });
     const info = JSON.parse(await runtime.switch(ort, dev.device, dev.features));
     if (info.error) { fail(loadError(info.error), "device"); return; }
+    lastDev = dev;  // another backend may take other downloads of the same choice: the page's sizes follow
+    if (current) post({ type: OUT.choice, id: current.id, why: lastWhy, device_class: deviceClassOf(current, dev) });
     post({ type: OUT.ready, ...info, ...dev, choice: current && current.id, threads: ort.env.wasm.numThreads,
            timings: {} });
   } finally {
